@@ -1,0 +1,144 @@
+"""Composition root: settings → stores, providers, pipeline → ASGI app.
+
+Nothing is global: everything a request needs hangs off ``app.state.gateway``,
+so tests can build as many independent gateways as they like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+# TEMP from tokenomy.api import anthropic as anthropic_api
+from tokenomy.api import health
+from tokenomy.api import openai as openai_api
+from tokenomy.config import Settings
+from tokenomy.models import ModelRegistry
+from tokenomy.pipeline.execute import ExecuteStage
+from tokenomy.pipeline.identify import IdentifyStage
+from tokenomy.pipeline.record import RecordStage, Recorder
+from tokenomy.pipeline.resolve import ResolveStage
+from tokenomy.pipeline.runner import Pipeline
+from tokenomy.pricing.catalog import PriceCatalog
+from tokenomy.providers import available_providers
+from tokenomy.providers.base import Provider
+from tokenomy.providers.local import is_available as local_available
+from tokenomy.store.ledger import Ledger, LedgerRow
+from tokenomy.store.ledger_factory import make_ledger
+from tokenomy.store.writer import LedgerWriter
+from tokenomy.tokens.counting import warm_up
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    """Everything one gateway process holds."""
+
+    settings: Settings
+    catalog: PriceCatalog
+    registry: ModelRegistry
+    providers: dict[str, Provider]
+    pipeline: Pipeline
+    ledger: Ledger | None
+    writer: LedgerWriter | None
+    ready: bool = False
+    recorders: list[Recorder] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(warm_up)
+        if self.ledger is not None and self.writer is not None:
+            await self.ledger.start()
+            self.writer.start()
+        for provider in self.providers.values():
+            await provider.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Graceful stop: in-flight requests have finished (uvicorn waits); flush what is pending."""
+        self.ready = False
+        for provider in self.providers.values():
+            try:
+                await provider.aclose()
+            except Exception:
+                log.exception("closing provider %s failed", provider.name)
+        if self.writer is not None:
+            await self.writer.aclose()
+        if self.ledger is not None:
+            await self.ledger.aclose()
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    catalog = PriceCatalog.load_default()
+    if settings.prices:
+        catalog = catalog.with_overrides(settings.prices)
+    registry = ModelRegistry.from_settings(settings, catalog, local_available=local_available())
+    needed = {target.deployment.provider for entry in registry for target in entry.targets}
+    providers = available_providers(needed, settings)
+    ledger: Ledger | None = None
+    writer: LedgerWriter | None = None
+    recorders: list[Recorder] = []
+    if settings.ledger.enabled:
+        ledger = make_ledger(settings.ledger)
+        writer = LedgerWriter(
+            ledger,
+            batch_size=settings.ledger.batch_size,
+            flush_interval_s=settings.ledger.flush_interval_s,
+            max_pending=settings.ledger.max_pending,
+        )
+        sink = writer.record
+        recorders.append(lambda call: sink(LedgerRow.from_call(call)))
+    pipeline = Pipeline(
+        [
+            RecordStage(recorders),
+            IdentifyStage(),
+            ResolveStage(registry),
+            ExecuteStage(providers),
+        ]
+    )
+    return Gateway(settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders)
+
+
+def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
+    gateway = gateway or build_gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    routes = [
+        Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
+        Route("/v1/models", openai_api.list_models, methods=["GET"]),
+        # TEMP Route("/v1/messages", anthropic_api.messages, methods=["POST"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=health.EXCEPTION_HANDLERS,
+    )
+    app.state.gateway = gateway
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """Factory for ``uvicorn --factory`` (one call per worker process): config from ``TOKENOMY_CONFIG``."""
+    from tokenomy.config import load_settings
+
+    path = os.environ.get("TOKENOMY_CONFIG") or None
+    settings = load_settings(path)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(settings)

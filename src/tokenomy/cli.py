@@ -1,0 +1,157 @@
+"""The ``tokenomy`` command: ``serve``, ``init``, ``prices``, ``spend``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tokenomy.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    name="tokenomy",
+    help="Tokenomy: a cost-aware gateway for LLM inference.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+CONFIG_ENV = "TOKENOMY_CONFIG"
+DEFAULT_CONFIG = "tokenomy.yaml"
+
+ConfigOption = typer.Option(
+    None,
+    "--config",
+    "-c",
+    help="Config file (default: ./tokenomy.yaml if present, else embedded defaults).",
+    envvar=CONFIG_ENV,
+)
+
+
+def config_path(config: Optional[Path]) -> Optional[Path]:
+    if config is not None:
+        return config
+    default = Path(DEFAULT_CONFIG)
+    return default if default.exists() else None
+
+
+def settings_or_exit(config: Optional[Path], **overrides: object) -> Settings:
+    try:
+        return load_settings(config_path(config), **overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: Optional[Path] = ConfigOption,
+    host: Optional[str] = typer.Option(None, help="Address to bind (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default 8787)."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default 1)."),
+) -> None:
+    """Run the gateway."""
+    server: dict[str, object] = {}
+    if host is not None:
+        server["host"] = host
+    if port is not None:
+        server["port"] = port
+    if workers is not None:
+        server["workers"] = workers
+    settings = settings_or_exit(config, server=server) if server else settings_or_exit(config)
+    if settings.server.binds_beyond_loopback() and not settings.server.master_key:
+        typer.echo(
+            f"error: binding to {settings.server.host} exposes the gateway beyond this machine; "
+            "set server.master_key (or TOKENOMY_SERVER__MASTER_KEY) first",
+            err=True,
+        )
+        raise typer.Exit(2)
+    import uvicorn
+
+    # Worker processes rebuild settings from the environment: pass the file and overrides on.
+    path = config_path(config)
+    if path is not None:
+        os.environ[CONFIG_ENV] = str(path.resolve())
+    os.environ["TOKENOMY_SERVER__HOST"] = settings.server.host
+    os.environ["TOKENOMY_SERVER__PORT"] = str(settings.server.port)
+    os.environ["TOKENOMY_SERVER__WORKERS"] = str(settings.server.workers)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    typer.echo(
+        f"tokenomy: serving on http://{settings.server.host}:{settings.server.port} "
+        f"(ledger: {settings.ledger.url if settings.ledger.enabled else 'off'})",
+        err=True,
+    )
+    uvicorn.run(
+        "tokenomy.app:app_from_environment",
+        factory=True,
+        host=settings.server.host,
+        port=settings.server.port,
+        workers=settings.server.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.server.graceful_timeout_s) or None,
+    )
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(Path(DEFAULT_CONFIG), help="Where to write the example config."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a fully commented example config."""
+    if path.exists() and not force:
+        typer.echo(f"error: {path} exists (use --force to overwrite)", err=True)
+        raise typer.Exit(1)
+    text = resources.files("tokenomy").joinpath("example_config.yaml").read_text()
+    path.write_text(text)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def prices(
+    pattern: Optional[str] = typer.Argument(None, help="Substring or glob of model names, e.g. 'claude*'."),
+    config: Optional[Path] = ConfigOption,
+    fmt: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """Show the price catalog (USD per 1M tokens), with config overrides applied."""
+    from tokenomy.pricing.catalog import PriceCatalog
+    from tokenomy.pricing.prices_command import render_prices
+
+    settings = settings_or_exit(config)
+    catalog = PriceCatalog.load_default()
+    if settings.prices:
+        catalog = catalog.with_overrides(settings.prices)
+    typer.echo(render_prices(catalog, pattern, fmt))
+
+
+@app.command()
+def spend(
+    by: str = typer.Option("model", "--by", help="team, feature, customer, model, endpoint, tag, provider, key."),
+    since: Optional[str] = typer.Option(None, "--since", help="7d, 24h, 30m or a date (2026-01-01)."),
+    fmt: str = typer.Option("table", "--format", help="table, json or csv."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Spend from the ledger, grouped, with baseline and savings."""
+    from tokenomy.observe.spend_report import spend_command
+
+    settings = settings_or_exit(config)
+    try:
+        typer.echo(asyncio.run(spend_command(settings.ledger, by, since, fmt)))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def main() -> None:
+    app(prog_name="tokenomy")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

