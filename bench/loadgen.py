@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--body", required=True, help="JSON request body")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--header", action="append", default=[], help="extra header 'Name: value'")
     args = parser.parse_args()
     try:
         import uvloop
@@ -137,7 +138,8 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    request = build_request(args.host, args.port, args.path, args.body.encode())
+    headers = dict(h.split(": ", 1) for h in args.header)
+    request = build_request(args.host, args.port, args.path, args.body.encode(), headers)
     result = asyncio.run(
         run_load(args.host, args.port, request, concurrency=args.concurrency, duration_s=args.duration)
     )

@@ -103,6 +103,8 @@ def load(port: int, body: dict, concurrency: int, duration: float, path: str = "
             str(concurrency),
             "--duration",
             str(duration),
+            "--header",
+            "Authorization: Bearer sk-fake",
         ],
         check=True,
         capture_output=True,

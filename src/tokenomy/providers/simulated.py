@@ -13,11 +13,11 @@ import hashlib
 import random
 import struct
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from tokenomy.config import SimulatedOptions
+from tokenomy.pipeline.call import new_request_id
 from tokenomy.errors import InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
 from tokenomy.providers.base import ChatResult, ChatStream, Deployment, Provider
 from tokenomy.providers.usage import Usage
@@ -190,7 +190,7 @@ class _Answer:
         wanted = opts.output_tokens if opts.output_tokens is not None else 12 + seed % 48
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         answer = cls()
-        answer.id = "chatcmpl-" + uuid.uuid4().hex[:24]
+        answer.id = "chatcmpl-sim" + new_request_id()[4:]
         answer.created = int(time.time())
         answer.tool_call = _forced_tool_call(body, seed)
         count = wanted
