@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
@@ -19,13 +20,15 @@ from starlette.routing import Route
 # TEMP from tokenomy.api import anthropic as anthropic_api
 from tokenomy.api import health
 from tokenomy.api import openai as openai_api
+from tokenomy.budgets.factory import Enforcement, build_enforcement
+from tokenomy.budgets.stage import BudgetStage
 from tokenomy.config import Settings
 from tokenomy.models import ModelRegistry
 from tokenomy.pipeline.execute import ExecuteStage
 from tokenomy.pipeline.identify import IdentifyStage
 from tokenomy.pipeline.record import RecordStage, Recorder
 from tokenomy.pipeline.resolve import ResolveStage
-from tokenomy.pipeline.runner import Pipeline
+from tokenomy.pipeline.runner import Pipeline, Stage
 from tokenomy.pricing.catalog import PriceCatalog
 from tokenomy.providers import available_providers
 from tokenomy.providers.base import Provider
@@ -51,9 +54,12 @@ class Gateway:
     writer: LedgerWriter | None
     ready: bool = False
     recorders: list[Recorder] = field(default_factory=list)
+    enforcement: Enforcement | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(warm_up)
+        if self.enforcement is not None:
+            await self.enforcement.start()
         if self.ledger is not None and self.writer is not None:
             await self.ledger.start()
             self.writer.start()
@@ -69,13 +75,15 @@ class Gateway:
                 await provider.aclose()
             except Exception:
                 log.exception("closing provider %s failed", provider.name)
+        if self.enforcement is not None:
+            await self.enforcement.stop()
         if self.writer is not None:
             await self.writer.aclose()
         if self.ledger is not None:
             await self.ledger.aclose()
 
 
-def build_gateway(settings: Settings) -> Gateway:
+def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time) -> Gateway:
     catalog = PriceCatalog.load_default()
     if settings.prices:
         catalog = catalog.with_overrides(settings.prices)
@@ -95,15 +103,15 @@ def build_gateway(settings: Settings) -> Gateway:
         )
         sink = writer.record
         recorders.append(lambda call: sink(LedgerRow.from_call(call)))
-    pipeline = Pipeline(
-        [
-            RecordStage(recorders),
-            IdentifyStage(),
-            ResolveStage(registry),
-            ExecuteStage(providers),
-        ]
+    enforcement = build_enforcement(settings, registry, clock)
+    stages: list[Stage] = [RecordStage(recorders), IdentifyStage(), ResolveStage(registry)]
+    if settings.budgets.enabled:
+        stages.append(BudgetStage(enforcement.enforcer))
+    stages.append(ExecuteStage(providers))
+    pipeline = Pipeline(stages)
+    return Gateway(
+        settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders, enforcement=enforcement
     )
-    return Gateway(settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders)
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:

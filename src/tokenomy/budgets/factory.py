@@ -1,0 +1,88 @@
+"""Build the enforcement pieces from settings: counter store, rules, keys, alerts, runaway detector.
+
+Kept apart from ``app.py`` so the composition root stays a list of parts; the
+choice between embedded and shared state is made here, from settings alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tokenomy.budgets.alerts import AlertChannel, AlertDispatcher, LogChannel, WebhookChannel
+from tokenomy.budgets.book import PolicyBook
+from tokenomy.budgets.counters import CounterStore
+from tokenomy.budgets.counters_memory import MemoryCounterStore
+from tokenomy.budgets.counters_redis import RedisCounterStore
+from tokenomy.budgets.enforcer import BudgetEnforcer
+from tokenomy.budgets.keys import KeyService, resolve_pepper
+from tokenomy.budgets.runaway import RunawayDetector
+from tokenomy.config import Settings, resolve_secret
+from tokenomy.models import ModelRegistry
+from tokenomy.store.access import AccessStore
+
+
+@dataclass
+class Enforcement:
+    """Everything budgets, keys and alerts need, started and stopped with the gateway."""
+
+    access: AccessStore
+    keys: KeyService
+    book: PolicyBook
+    counters: CounterStore
+    alerts: AlertDispatcher
+    enforcer: BudgetEnforcer
+
+    async def start(self) -> None:
+        await self.access.start()
+        await self.counters.start()
+        await self.book.start()
+        self.alerts.start()
+
+    async def stop(self) -> None:
+        await self.enforcer.drain()
+        await self.alerts.aclose()
+        await self.book.aclose()
+        await self.counters.aclose()
+        await self.access.aclose()
+
+
+def make_counter_store(settings: Settings, clock: Callable[[], float] = time.time) -> CounterStore:
+    budgets = settings.budgets
+    if budgets.backend == "redis":
+        return RedisCounterStore(
+            budgets.redis_url, prefix=budgets.redis_prefix, clock=clock, timeout_s=budgets.redis_timeout_s
+        )
+    return MemoryCounterStore(budgets.state_path, persist_interval_s=budgets.persist_interval_s, clock=clock)
+
+
+def make_alerts(settings: Settings) -> AlertDispatcher:
+    channels: list[AlertChannel] = []
+    if settings.alerts.log:
+        channels.append(LogChannel())
+    for hook in settings.alerts.webhooks:
+        secret = resolve_secret(hook.secret_env)
+        channels.append(WebhookChannel(hook.url, fmt=hook.format, secret=secret, timeout_s=settings.alerts.timeout_s))
+    return AlertDispatcher(channels, attempts=settings.alerts.attempts, backoff_s=settings.alerts.backoff_s)
+
+
+def build_enforcement(
+    settings: Settings, registry: ModelRegistry, clock: Callable[[], float] = time.time
+) -> Enforcement:
+    access = AccessStore(settings.keys.database_url or settings.ledger.url)
+    keys = KeyService(access, resolve_pepper(settings), cache_ttl_s=settings.keys.cache_ttl_s, clock=clock)
+    book = PolicyBook(settings.budgets, access)
+    counters = make_counter_store(settings, clock)
+    alerts = make_alerts(settings)
+    prefix = settings.budgets.redis_prefix if settings.budgets.backend == "redis" else ""
+    runaway = (
+        RunawayDetector(settings.runaway, counters, alerts, prefix=prefix, clock=clock)
+        if settings.runaway.enabled
+        else None
+    )
+    enforcer = BudgetEnforcer(
+        settings.budgets, counters, book.current, registry=registry, alerts=alerts, runaway=runaway, clock=clock
+    )
+    enforcer.prefix = prefix
+    return Enforcement(access, keys, book, counters, alerts, enforcer)
