@@ -174,7 +174,7 @@ class BudgetSettings(Section):
     #: Prefix of every Redis key (one per deployment sharing a Redis).
     redis_prefix: str = "tokenomy:"
     #: Seconds a Redis call may take before the store counts as unreachable.
-    redis_timeout_s: float = Field(0.5, gt=0)
+    redis_timeout_s: float = Field(2.0, gt=0)
     state_path: str = ".tokenomy/counters.db"
     #: How often the memory backend writes settled spend to ``state_path``.
     persist_interval_s: float = Field(1.0, gt=0)

@@ -129,8 +129,8 @@ class RedisCounterStore(CounterStore):
         *,
         prefix: str = "tokenomy:",
         clock: Clock = time.time,
-        timeout_s: float = 0.5,
-        max_connections: int = 64,
+        timeout_s: float = 2.0,
+        max_connections: int = 32,
         client: aioredis.Redis | None = None,
     ) -> None:
         self.url = url
