@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 # TEMP from tokenomy.api import anthropic as anthropic_api
+from tokenomy.api import admin as admin_api
 from tokenomy.api import health
 from tokenomy.api import openai as openai_api
 from tokenomy.budgets.factory import Enforcement, build_enforcement
@@ -132,6 +133,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         # TEMP Route("/v1/messages", anthropic_api.messages, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        *admin_api.ROUTES,
     ]
     app = Starlette(
         routes=routes,

@@ -1,0 +1,147 @@
+"""Virtual keys and the admin API over real HTTP: master-only admin, hashed keys, budgets per key."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.budget_helpers import FIXED_MODEL, HELLO, OUTPUT_TOKENS
+from tests.harness import GatewayServer
+from tokenomy.budgets.keys import KeyService, hash_key
+from tokenomy.store.access import AccessStore
+
+MASTER = "sk-master-test"
+
+
+@pytest.fixture
+def server(start_gateway: Callable[..., GatewayServer]) -> GatewayServer:
+    return start_gateway(server={"master_key": MASTER}, models=[FIXED_MODEL], keys={"cache_ttl_s": 0})
+
+
+def admin(server: GatewayServer, method: str, path: str, key: str = MASTER, **kwargs) -> httpx.Response:
+    return httpx.request(method, server.url + path, headers={"authorization": f"Bearer {key}"}, timeout=30, **kwargs)
+
+
+def chat(server: GatewayServer, key: str, **body) -> httpx.Response:
+    payload = {"model": "sim-fixed", "messages": HELLO, "max_tokens": OUTPUT_TOKENS, **body}
+    headers = {"authorization": f"Bearer {key}"}
+    headers.update(body.pop("headers", {}) if "headers" in body else {})
+    return httpx.post(server.url + "/v1/chat/completions", json=payload, headers=headers, timeout=30)
+
+
+def test_admin_api_rejects_everything_but_the_master_key(server: GatewayServer) -> None:
+    assert httpx.get(server.url + "/admin/keys").status_code == 401
+    assert admin(server, "GET", "/admin/keys", key="wrong").status_code == 401
+    created = admin(server, "POST", "/admin/keys", json={"team": "growth"})
+    assert created.status_code == 201, created.text
+    virtual = created.json()["key"]
+    refused = admin(server, "GET", "/admin/keys", key=virtual)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "not_admin"
+    assert admin(server, "POST", "/admin/budgets", key=virtual, json={"amount_usd": 1}).status_code == 403
+    assert admin(server, "GET", "/admin/keys").status_code == 200
+
+
+def test_admin_api_is_off_without_master_key(start_gateway: Callable[..., GatewayServer]) -> None:
+    open_server = start_gateway(models=[FIXED_MODEL])
+    response = admin(open_server, "GET", "/admin/keys", key="anything")
+    assert response.status_code == 403 and response.json()["error"]["code"] == "admin_disabled"
+
+
+def test_key_lifecycle_budget_models_and_revocation(server: GatewayServer) -> None:
+    created = admin(
+        server, "POST", "/admin/keys",
+        json={"name": "bot", "team": "growth", "budget": "0.00004/day", "models": ["sim-fixed"], "rpm": 100},
+    ).json()
+    key = created["key"]
+    assert key.startswith("tk-") and created["hint"].endswith(key[-4:])
+    assert created["budget"]["scope"] == "key" and created["budget"]["value"] == created["id"]
+
+    sdk = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0)
+    raw = sdk.chat.completions.with_raw_response.create(model="sim-fixed", messages=HELLO, max_tokens=OUTPUT_TOKENS)  # type: ignore[arg-type]
+    assert float(raw.headers["x-tokenomy-budget-remaining-usd"]) < 0.00004
+    assert raw.headers["x-ratelimit-limit-requests"] == "100"
+
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk.chat.completions.create(model="sim-mini", messages=HELLO)  # type: ignore[arg-type]
+    statuses = [chat(server, key).status_code for _ in range(3)]
+    assert statuses[-1] == 429
+    refused = chat(server, key).json()["error"]
+    assert refused["code"] == "budget_exceeded" and f"key '{created['id']}'" in refused["message"]
+
+    listed = admin(server, "GET", "/admin/keys").json()["data"]
+    assert [k["id"] for k in listed] == [created["id"]]
+    assert "key" not in listed[0] and key not in str(listed)
+
+    assert admin(server, "DELETE", f"/admin/keys/{created['id']}").json()["revoked_at"]
+    gone = chat(server, key)
+    assert gone.status_code == 401 and gone.json()["error"]["code"] == "invalid_api_key"
+    assert chat(server, "tk-" + "x" * 43).status_code == 401
+
+
+def test_key_binds_team_and_header_cannot_move_it(server: GatewayServer) -> None:
+    admin(server, "POST", "/admin/budgets", json={"scope": "team", "value": "growth", "amount": "0.00001/day"})
+    key = admin(server, "POST", "/admin/keys", json={"team": "growth"}).json()["key"]
+    response = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": "sim-fixed", "messages": HELLO, "max_tokens": OUTPUT_TOKENS},
+        headers={"authorization": f"Bearer {key}", "x-tokenomy-team": "someone-else"},
+        timeout=30,
+    )
+    assert response.status_code == 429
+    assert "team 'growth'" in response.json()["error"]["message"]
+
+
+def test_expired_key_is_refused(server: GatewayServer) -> None:
+    key = admin(server, "POST", "/admin/keys", json={"expires_at": time.time() - 1}).json()["key"]
+    assert chat(server, key).status_code == 401
+
+
+def test_keys_are_never_stored_or_logged_in_clear(
+    server: GatewayServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = admin(server, "POST", "/admin/keys", json={"team": "growth"}).json()["key"]
+    assert chat(server, key).status_code == 200
+    assert chat(server, key[:-1] + ("A" if key[-1] != "A" else "B")).status_code == 401
+    server.flush_ledger()
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), f"{path} holds the key in clear"
+    assert key not in caplog.text
+
+
+@pytest.fixture
+def access_factory(ledger_backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], AccessStore]:
+    """Unstarted access stores on SQLite or on PostgreSQL in a fresh schema."""
+    if ledger_backend == "sqlite":
+        return lambda: AccessStore(f"sqlite:///{tmp_path}/access.db")
+    from tests.conftest import PG_URL
+
+    schema = request.getfixturevalue("pg_schema")
+    return lambda: AccessStore(PG_URL, schema=schema)
+
+
+async def test_access_store_on_both_databases(access_factory: Callable[[], AccessStore]) -> None:
+    store = access_factory()
+    await store.start()
+    try:
+        keys = KeyService(store, b"pepper", cache_ttl_s=60)
+        secret, record = await keys.create(team="growth", org="acme", allowed_models=["sim-mini"])
+        assert (await store.get_team("growth")).org == "acme"
+        identity = await keys.authenticate(secret)
+        assert identity is not None and identity.key_id == record.id and identity.org == "acme"
+        assert identity.allowed_models == frozenset({"sim-mini"})
+        assert await store.find_key(hash_key(b"pepper", secret)) is not None
+        assert await store.find_key(secret) is None  # only the hash is a lookup key
+        await store.revoke_key(record.id)
+        keys.forget()
+        assert await keys.authenticate(secret) is None
+    finally:
+        await store.aclose()
