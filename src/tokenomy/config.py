@@ -244,7 +244,8 @@ class RunawaySettings(Section):
     baseline_s: int = Field(1800, ge=60)
     #: Fire when the recent rate exceeds ``factor`` × the baseline rate…
     factor: float = Field(10.0, gt=1)
-    #: …and at least this many USD per minute (ignores bursts of pennies).
+    #: …where the baseline counts as at least this many USD per minute (so pennies, and
+    #: new scopes without history, alert only above ``factor`` × this).
     min_usd_per_min: float = Field(0.05, ge=0)
     #: Seconds between two evaluations of one scope value.
     check_every_s: float = Field(10.0, gt=0)

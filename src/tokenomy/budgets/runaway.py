@@ -7,9 +7,9 @@ detector compares the recent window's rate with the trailing baseline's and
 raises one alert per episode; optionally it sets a block marker that makes the
 scope's next calls fail with 429 ``runaway_throttled`` for ``throttle_s``.
 
-A scope with no history has a baseline of zero, so only ``min_usd_per_min``
-protects it: a brand-new key that starts burning dollars a minute is exactly
-what this is for.
+The baseline is floored at ``min_usd_per_min``: a scope with no history (a new
+key) fires only above ``factor × min_usd_per_min``, so steady traffic that
+starts from nothing is not a runaway, while a new key burning dollars a minute is.
 """
 
 from __future__ import annotations
@@ -106,7 +106,10 @@ class RunawayDetector:
         recent_per_min = from_nano(recent_nano) / covered * 60.0
         baseline_per_min = from_nano(baseline_nano) / (self.baseline_slots * SLOT_S) * 60.0
         s = self.settings
-        if recent_per_min < s.min_usd_per_min or recent_per_min <= s.factor * baseline_per_min:
+        # the floor stands in for a baseline that is tiny or absent (a new key), so
+        # steady traffic starting from nothing is not mistaken for a runaway
+        reference = max(baseline_per_min, s.min_usd_per_min)
+        if recent_per_min <= s.factor * reference:
             return False
         if not await self.store.claim(f"{self.prefix}rwa:{scope}:{subject}", max(s.window_s * 5, s.throttle_s)):
             return False  # this episode was already reported (by this or another replica)
