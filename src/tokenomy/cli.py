@@ -1,4 +1,4 @@
-"""The ``tokenomy`` command: ``serve``, ``init``, ``prices``, ``spend``."""
+"""The ``tokenomy`` command: ``serve``, ``init``, ``prices``, ``spend``, ``keys``, ``budgets``."""
 
 from __future__ import annotations
 
@@ -147,6 +147,12 @@ def spend(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+from tokenomy.budgets.cli import budgets_app, keys_app  # noqa: E402  (sub-commands need ConfigOption above)
+
+app.add_typer(keys_app, name="keys")
+app.add_typer(budgets_app, name="budgets")
 
 
 def main() -> None:
