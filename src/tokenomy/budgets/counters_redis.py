@@ -14,6 +14,7 @@ Cluster (which would need every key in one hash slot).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,98 +27,126 @@ from tokenomy.budgets.counters import Admission, Charge, CounterStore, CounterSt
 
 Clock = Callable[[], float]
 
+_NUL = "\0"
+
 #: How many expired reservations one ``reserve`` releases at most (keeps the script short).
 SWEEP_BATCH = 16
 
+# Wire format. Each charge travels as ONE argument, its fields joined by NUL:
+#   key, amount, limit (-1: none), ttl, window base, window suffixes…
+# and every key is relative to the store's prefix (sent once). A rolling
+# window's twelve slot keys share a long base and differ in a few digits, so
+# this sends a few dozen bytes per charge instead of a dozen full keys: the
+# cost of a reservation was dominated by encoding and sending arguments
+# (measured: bench/budget_overhead.py), not by the script.
 _COMMON = """
-local function total(i, nwin)
-  local sum = 0
-  for w = 1, nwin do
-    local v = redis.call('GET', ARGV[i + w - 1])
+local P = ARGV[1]
+local function split(s)
+  local out, i = {}, 1
+  while true do
+    local j = string.find(s, '\\0', i, true)
+    if not j then out[#out + 1] = string.sub(s, i); return out end
+    out[#out + 1] = string.sub(s, i, j - 1)
+    i = j + 1
+  end
+end
+local function total(f, first, key)
+  if #f < first then
+    local v = redis.call('GET', key)
+    return v and tonumber(v) or 0
+  end
+  local base, sum = P .. f[first], 0
+  for w = first + 1, #f do
+    local v = redis.call('GET', base .. f[w])
     if v then sum = sum + tonumber(v) end
   end
   return sum
 end
+local function release(rkey)
+  local held = redis.call('GET', rkey)
+  if not held then return end
+  local f = split(held)
+  for j = 1, #f - 1, 2 do redis.call('DECRBY', P .. f[j], f[j + 1]) end
+  redis.call('DEL', rkey)
+end
 """
 
+# ARGV: prefix, reservation id, now, deadline, charge…
 RESERVE = _COMMON + """
-local rid, now, deadline, n, prefix = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local zset = prefix .. 'resv'
+local rid, now, deadline = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local zset = P .. 'resv'
 local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, %d)
 for _, old in ipairs(expired) do
-  local hkey = prefix .. 'res:' .. old
-  local held = redis.call('HGETALL', hkey)
-  for j = 1, #held, 2 do redis.call('DECRBY', held[j], held[j + 1]) end
-  redis.call('DEL', hkey)
+  release(P .. 'res:' .. old)
   redis.call('ZREM', zset, old)
 end
-local totals = {}
-local i = 6
-for c = 1, n do
-  local amount, limit, nwin = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4])
-  local sum = total(i + 5, nwin)
-  if limit >= 0 and sum + amount > limit then return {0, c - 1, sum} end
-  totals[c] = sum + amount
-  i = i + 5 + nwin
+local charges, totals = {}, {}
+for c = 5, #ARGV do
+  local f = split(ARGV[c])
+  local key, amount, limit = P .. f[1], tonumber(f[2]), tonumber(f[3])
+  local sum = total(f, 5, key)
+  if limit >= 0 and sum + amount > limit then return {0, c - 5, sum} end
+  charges[#charges + 1] = f
+  totals[#totals + 1] = sum + amount
 end
-local hkey = prefix .. 'res:' .. rid
-local held = false
-i = 6
-for c = 1, n do
-  local key, amount, ttl, nwin = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+local held = {}
+for _, f in ipairs(charges) do
+  local amount = tonumber(f[2])
   if amount ~= 0 then
-    redis.call('INCRBY', key, amount)
-    redis.call('HINCRBY', hkey, key, amount)
-    held = true
+    local key = P .. f[1]
+    local ttl = tonumber(f[4])
+    -- a counter equal to what was just added is new: give it its lifetime once
+    if redis.call('INCRBY', key, amount) == amount and ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    held[#held + 1] = f[1]
+    held[#held + 1] = f[2]
   end
-  if ttl > 0 and redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
-  i = i + 5 + nwin
 end
-if held then
+if #held > 0 then
+  redis.call('SET', P .. 'res:' .. rid, table.concat(held, '\\0'), 'EX', math.ceil(deadline - now) + 3600)
   redis.call('ZADD', zset, deadline, rid)
-  redis.call('EXPIRE', hkey, math.ceil(deadline - now) + 3600)
 end
-local out = {1}
-for c = 1, n do out[c + 1] = totals[c] end
-return out
+table.insert(totals, 1, 1)
+return totals
 """ % SWEEP_BATCH
 
+# ARGV: prefix, reservation id, charge… (key, actual, ttl, window base, suffixes…)
 SETTLE = _COMMON + """
-local rid, n, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local hkey = prefix .. 'res:' .. rid
-local held = redis.call('HGETALL', hkey)
-for j = 1, #held, 2 do redis.call('DECRBY', held[j], held[j + 1]) end
-redis.call('DEL', hkey)
-redis.call('ZREM', prefix .. 'resv', rid)
+local rid = ARGV[2]
+release(P .. 'res:' .. rid)
+redis.call('ZREM', P .. 'resv', rid)
 local out = {}
-local i = 4
-for c = 1, n do
-  local key, actual, ttl, nwin = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  if actual ~= 0 then redis.call('INCRBY', key, actual) end
-  if ttl > 0 and redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
-  out[c] = total(i + 4, nwin)
-  i = i + 4 + nwin
+for c = 3, #ARGV do
+  local f = split(ARGV[c])
+  local key, actual, ttl = P .. f[1], tonumber(f[2]), tonumber(f[3])
+  if actual ~= 0 and redis.call('INCRBY', key, actual) == actual and ttl > 0 then
+    redis.call('EXPIRE', key, ttl)
+  end
+  out[#out + 1] = total(f, 4, key)
 end
 return out
 """
 
-READ = """
+# ARGV: prefix, window… (base, suffixes…)
+READ = _COMMON + """
 local out = {}
-local i = 1
-local c = 0
-while i <= #ARGV do
-  local nwin = tonumber(ARGV[i])
-  local sum = 0
-  for w = 1, nwin do
-    local v = redis.call('GET', ARGV[i + w])
-    if v then sum = sum + tonumber(v) end
-  end
-  c = c + 1
-  out[c] = sum
-  i = i + 1 + nwin
+for c = 2, #ARGV do
+  out[#out + 1] = total(split(ARGV[c]), 1, nil)
 end
 return out
 """
+
+
+def _window(prefix: str, window: tuple[str, ...] | list[str] | Sequence[str]) -> list[str]:
+    """``[base, suffix…]`` relative to ``prefix``: the common start is sent once."""
+    keys = [key[len(prefix):] if key.startswith(prefix) else key for key in window]
+    if len(keys) == 1:
+        return [keys[0], ""]
+    base = os.path.commonprefix(keys)
+    return [base, *(key[len(base):] for key in keys)]
+
+
+def _relative(prefix: str, key: str) -> str:
+    return key[len(prefix):] if key.startswith(prefix) else key
 
 
 class RedisCounterStore(CounterStore):
@@ -187,10 +216,14 @@ class RedisCounterStore(CounterStore):
 
     async def reserve(self, reservation_id: str, charges: Sequence[Charge], ttl_s: float) -> Admission:
         now = self.clock()
-        args: list[Any] = [reservation_id, repr(now), repr(now + ttl_s), len(charges), self.prefix]
+        p = self.prefix
+        args: list[Any] = [p, reservation_id, repr(now), repr(now + ttl_s)]
         for charge in charges:
-            args += [charge.key, charge.amount, -1 if charge.limit is None else charge.limit, charge.ttl_s, len(charge.window)]
-            args += charge.window
+            key = _relative(p, charge.key)
+            head = [key, str(charge.amount), "-1" if charge.limit is None else str(charge.limit), str(charge.ttl_s)]
+            if not (len(charge.window) == 1 and charge.window[0] == charge.key):
+                head += _window(p, charge.window)
+            args.append(_NUL.join(head))
         result = await self._run("reserve", RESERVE, args)
         if result[0] == 1:
             return Admission(True, tuple(int(v) for v in result[1:]))
@@ -198,18 +231,21 @@ class RedisCounterStore(CounterStore):
         return Admission(False, (0,) * refused + (int(result[2]),), refused)
 
     async def settle(self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]) -> tuple[int, ...]:
-        args: list[Any] = [reservation_id, len(charges), self.prefix]
+        p = self.prefix
+        args: list[Any] = [p, reservation_id]
         for charge, amount in zip(charges, actual):
-            args += [charge.key, amount, charge.ttl_s, len(charge.window), *charge.window]
+            head = [_relative(p, charge.key), str(amount), str(charge.ttl_s)]
+            if not (len(charge.window) == 1 and charge.window[0] == charge.key):
+                head += _window(p, charge.window)
+            args.append(_NUL.join(head))
         result = await self._run("settle", SETTLE, args)
         return tuple(int(v) for v in result)
 
     async def read(self, windows: Sequence[Sequence[str]]) -> list[int]:
         if not windows:
             return []
-        args: list[Any] = []
-        for window in windows:
-            args += [len(window), *window]
+        p = self.prefix
+        args: list[Any] = [p, *(_NUL.join(_window(p, window)) for window in windows)]
         result = await self._run("read", READ, args)
         return [int(v) for v in result]
 
