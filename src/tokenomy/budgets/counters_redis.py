@@ -14,6 +14,8 @@ Cluster (which would need every key in one hash slot).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -69,23 +71,52 @@ local function release(rkey)
   for j = 1, #f - 1, 2 do redis.call('DECRBY', P .. f[j], f[j + 1]) end
   redis.call('DEL', rkey)
 end
+-- settle the groups in ARGV[first .. last]: reservation id, charge count, charges
+-- (key, actual, ttl, window…); append each charge's window total to out
+local function settle_groups(first, last, out)
+  local i = first
+  while i <= last do
+    local rid, n = ARGV[i], tonumber(ARGV[i + 1])
+    release(P .. 'res:' .. rid)
+    redis.call('ZREM', P .. 'resv', rid)
+    for c = i + 2, i + 1 + n do
+      local f = split(ARGV[c])
+      local key, actual, ttl = P .. f[1], tonumber(f[2]), tonumber(f[3])
+      if actual ~= 0 and redis.call('INCRBY', key, actual) == actual and ttl > 0 then
+        redis.call('EXPIRE', key, ttl)
+      end
+      out[#out + 1] = total(f, 4, key)
+    end
+    i = i + 2 + n
+  end
+end
 """
 
-# ARGV: prefix, reservation id, now, deadline, charge…
+# ARGV: prefix, reservation id, now, deadline, S, S arguments of settle groups, charge…
+# Returns {n, reserve answer (n items), settle totals…}; the reserve answer is
+# {1, total…} when admitted, {0, refused index, total} when not.
 RESERVE = _COMMON + """
-local rid, now, deadline = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local rid, now, deadline, S = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local settled = {}
+settle_groups(6, 5 + S, settled)
 local zset = P .. 'resv'
 local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, %d)
 for _, old in ipairs(expired) do
   release(P .. 'res:' .. old)
   redis.call('ZREM', zset, old)
 end
-local charges, totals = {}, {}
-for c = 5, #ARGV do
+local function answer(reply)
+  local out = {#reply}
+  for _, v in ipairs(reply) do out[#out + 1] = v end
+  for _, v in ipairs(settled) do out[#out + 1] = v end
+  return out
+end
+local charges, totals = {}, {1}
+for c = 6 + S, #ARGV do
   local f = split(ARGV[c])
   local key, amount, limit = P .. f[1], tonumber(f[2]), tonumber(f[3])
   local sum = total(f, 5, key)
-  if limit >= 0 and sum + amount > limit then return {0, c - 5, sum} end
+  if limit >= 0 and sum + amount > limit then return answer({0, c - 6 - S, sum}) end
   charges[#charges + 1] = f
   totals[#totals + 1] = sum + amount
 end
@@ -105,24 +136,13 @@ if #held > 0 then
   redis.call('SET', P .. 'res:' .. rid, table.concat(held, '\\0'), 'EX', math.ceil(deadline - now) + 3600)
   redis.call('ZADD', zset, deadline, rid)
 end
-table.insert(totals, 1, 1)
-return totals
+return answer(totals)
 """ % SWEEP_BATCH
 
-# ARGV: prefix, reservation id, charge… (key, actual, ttl, window base, suffixes…)
+# ARGV: prefix, settle groups (reservation id, charge count, charges…)
 SETTLE = _COMMON + """
-local rid = ARGV[2]
-release(P .. 'res:' .. rid)
-redis.call('ZREM', P .. 'resv', rid)
 local out = {}
-for c = 3, #ARGV do
-  local f = split(ARGV[c])
-  local key, actual, ttl = P .. f[1], tonumber(f[2]), tonumber(f[3])
-  if actual ~= 0 and redis.call('INCRBY', key, actual) == actual and ttl > 0 then
-    redis.call('EXPIRE', key, ttl)
-  end
-  out[#out + 1] = total(f, 4, key)
-end
+settle_groups(2, #ARGV, out)
 return out
 """
 
@@ -136,13 +156,37 @@ return out
 """
 
 
-def _window(prefix: str, window: tuple[str, ...] | list[str] | Sequence[str]) -> list[str]:
-    """``[base, suffix…]`` relative to ``prefix``: the common start is sent once."""
+@functools.lru_cache(maxsize=8192)
+def _window_cached(prefix: str, window: tuple[str, ...]) -> tuple[str, ...]:
     keys = [key[len(prefix):] if key.startswith(prefix) else key for key in window]
     if len(keys) == 1:
-        return [keys[0], ""]
+        return (keys[0], "")
     base = os.path.commonprefix(keys)
-    return [base, *(key[len(base):] for key in keys)]
+    return (base, *(key[len(base):] for key in keys))
+
+
+def _window(prefix: str, window: Sequence[str]) -> tuple[str, ...]:
+    """``(base, suffix…)`` relative to ``prefix``: the common start is sent once.
+
+    Cached: a window's keys stay the same for a whole slot or period.
+    """
+    return _window_cached(prefix, window if isinstance(window, tuple) else tuple(window))
+
+
+def _resolve(settles: list[tuple[list[str], int, asyncio.Future[tuple[int, ...]]]], totals: list[Any]) -> None:
+    """Hand each waiting settle its slice of the script's totals."""
+    at = 0
+    for _, count, future in settles:
+        if not future.done():
+            future.set_result(tuple(int(v) for v in totals[at : at + count]))
+        at += count
+
+
+def _fail(settles: list[tuple[list[str], int, asyncio.Future[tuple[int, ...]]]], exc: BaseException) -> None:
+    error = exc if isinstance(exc, CounterStoreUnavailable) else CounterStoreUnavailable(f"settling failed: {exc!r}")
+    for _, _, future in settles:
+        if not future.done():
+            future.set_exception(error)
 
 
 def _relative(prefix: str, key: str) -> str:
@@ -160,9 +204,16 @@ class RedisCounterStore(CounterStore):
         clock: Clock = time.time,
         timeout_s: float = 2.0,
         max_connections: int = 32,
+        settle_delay_s: float = 0.002,
         client: aioredis.Redis | None = None,
     ) -> None:
         self.url = url
+        self.settle_delay_s = settle_delay_s
+        # Settles wait here to ride along with the next reservation (one round trip
+        # per request instead of two), or are flushed together after settle_delay_s.
+        self._settles: list[tuple[list[str], int, asyncio.Future[tuple[int, ...]]]] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
         self.prefix = prefix
         self.clock = clock
         self.timeout_s = timeout_s
@@ -191,6 +242,9 @@ class RedisCounterStore(CounterStore):
             self._shas[name] = await self._guard(self.client.script_load(script))
 
     async def aclose(self) -> None:
+        await self._flush(self._take_settles())
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
         if self._client is not None and self._owns_client:
             await self._client.aclose()
             self._client = None
@@ -217,29 +271,66 @@ class RedisCounterStore(CounterStore):
     async def reserve(self, reservation_id: str, charges: Sequence[Charge], ttl_s: float) -> Admission:
         now = self.clock()
         p = self.prefix
-        args: list[Any] = [p, reservation_id, repr(now), repr(now + ttl_s)]
+        settles = self._take_settles()
+        groups = [arg for group, _, _ in settles for arg in group]
+        args: list[Any] = [p, reservation_id, repr(now), repr(now + ttl_s), len(groups), *groups]
         for charge in charges:
-            key = _relative(p, charge.key)
-            head = [key, str(charge.amount), "-1" if charge.limit is None else str(charge.limit), str(charge.ttl_s)]
+            head = [_relative(p, charge.key), str(charge.amount), "-1" if charge.limit is None else str(charge.limit), str(charge.ttl_s)]
             if not (len(charge.window) == 1 and charge.window[0] == charge.key):
                 head += _window(p, charge.window)
             args.append(_NUL.join(head))
-        result = await self._run("reserve", RESERVE, args)
-        if result[0] == 1:
-            return Admission(True, tuple(int(v) for v in result[1:]))
-        refused = int(result[1])
-        return Admission(False, (0,) * refused + (int(result[2]),), refused)
+        try:
+            result = await self._run("reserve", RESERVE, args)
+        except BaseException as exc:
+            _fail(settles, exc)
+            raise
+        size = int(result[0])
+        answer = result[1 : 1 + size]
+        _resolve(settles, result[1 + size :])
+        if answer[0] == 1:
+            return Admission(True, tuple(int(v) for v in answer[1:]))
+        refused = int(answer[1])
+        return Admission(False, (0,) * refused + (int(answer[2]),), refused)
 
     async def settle(self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]) -> tuple[int, ...]:
         p = self.prefix
-        args: list[Any] = [p, reservation_id]
+        group: list[str] = [reservation_id, str(len(charges))]
         for charge, amount in zip(charges, actual):
             head = [_relative(p, charge.key), str(amount), str(charge.ttl_s)]
             if not (len(charge.window) == 1 and charge.window[0] == charge.key):
                 head += _window(p, charge.window)
-            args.append(_NUL.join(head))
-        result = await self._run("settle", SETTLE, args)
-        return tuple(int(v) for v in result)
+            group.append(_NUL.join(head))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, ...]] = loop.create_future()
+        self._settles.append((group, len(charges), future))
+        if self._flush_timer is None:
+            self._flush_timer = loop.call_later(self.settle_delay_s, self._flush_soon)
+        return await future
+
+    def _take_settles(self) -> list[tuple[list[str], int, asyncio.Future[tuple[int, ...]]]]:
+        settles, self._settles = self._settles, []
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        return settles
+
+    def _flush_soon(self) -> None:
+        self._flush_timer = None
+        task = asyncio.ensure_future(self._flush(self._take_settles()))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, settles: list[tuple[list[str], int, asyncio.Future[tuple[int, ...]]]]) -> None:
+        """Send waiting settles on their own (no reservation came along to carry them)."""
+        if not settles:
+            return
+        args: list[Any] = [self.prefix, *(arg for group, _, _ in settles for arg in group)]
+        try:
+            result = await self._run("settle", SETTLE, args)
+        except BaseException as exc:
+            _fail(settles, exc)
+            return
+        _resolve(settles, result)
 
     async def read(self, windows: Sequence[Sequence[str]]) -> list[int]:
         if not windows:

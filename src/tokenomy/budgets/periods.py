@@ -71,8 +71,31 @@ def zone(name: str) -> dt.tzinfo:
         raise ValueError(f"unknown time zone {name!r}") from exc
 
 
+_CACHE: dict[tuple[str, str, int | None], tuple[float, float, Window]] = {}
+
+
 def window(period: str, now: float, tz: str = "UTC", seconds: int | None = None) -> Window:
-    """The window of ``period`` containing epoch ``now``."""
+    """The window of ``period`` containing epoch ``now``.
+
+    Memoized per (period, zone, length) while ``now`` stays inside the window
+    found last: it is asked for on every request and changes once a slot or a
+    period. (The cached ``ttl_s`` is the one computed at the window's first use,
+    a little longer than needed later on, never shorter.)
+    """
+    key = (period, tz, seconds)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] <= now < hit[1]:
+        return hit[2]
+    found = _window(period, now, tz, seconds)
+    # valid from now (a moment known to be inside it) until it resets
+    until = found.reset_at if found.reset_at is not None else float("inf")
+    if len(_CACHE) > 1024:
+        _CACHE.clear()
+    _CACHE[key] = (now, until, found)
+    return found
+
+
+def _window(period: str, now: float, tz: str, seconds: int | None) -> Window:
     if period == "lifetime":
         return Window("all", ("all",), None, 0)
     if period == "rolling":
