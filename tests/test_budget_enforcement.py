@@ -232,3 +232,51 @@ async def test_unreachable_store_fails_as_configured(tmp_path: Path, mode: str, 
         await gateway.enforcement.book.aclose()
         await gateway.enforcement.access.aclose()
         await gateway.enforcement.counters.aclose()
+
+
+async def test_streams_settle_to_their_actual_cost(tmp_path: Path) -> None:
+    gateway = await start_gateway(tmp_path, budgets={"budgets": [{"id": "g", "amount_usd": 1.0}]})
+    try:
+        call = await run(gateway, chat_body(stream=True))
+        assert "error" not in call.annotations
+        await gateway.enforcement.enforcer.drain()
+        spent = (await gateway.enforcement.counters.read([[k for k in await _budget_keys(gateway, "")]]))[0]
+        assert spent / NANO == pytest.approx(call.trace.total_usd, abs=1e-9)
+    finally:
+        await gateway.stop()
+
+
+async def test_client_that_leaves_is_charged_at_least_the_input(tmp_path: Path) -> None:
+    gateway = await start_gateway(tmp_path, budgets={"budgets": [{"id": "g", "amount_usd": 1.0}]})
+    try:
+        from tokenomy.pipeline.call import Call
+
+        call = Call(kind="chat", body=chat_body(model="sim-slow"), model_asked="sim-slow")
+        task = asyncio.ensure_future(gateway.pipeline.run(call))
+        await asyncio.sleep(0.1)  # upstream is answering (300 ms)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await gateway.enforcement.enforcer.drain()
+        spent = (await gateway.enforcement.counters.read([[k for k in await _budget_keys(gateway, "")]]))[0]
+        price = gateway.registry.resolve("sim-slow").primary.price
+        from tokenomy.tokens.counting import count_messages
+
+        input_usd = count_messages(chat_body()["messages"], "sim-slow") * price.input / 1e6
+        assert spent / NANO == pytest.approx(input_usd, rel=0.01)
+    finally:
+        await gateway.stop()
+
+
+async def test_embeddings_go_through_budgets(tmp_path: Path) -> None:
+    gateway = await start_gateway(tmp_path, budgets={"budgets": [{"id": "g", "amount_usd": 0.0}]})
+    try:
+        from tokenomy.errors import GatewayError
+        from tokenomy.pipeline.call import Call
+
+        call = Call(kind="embeddings", body={"model": "sim-embed", "input": "hello"}, model_asked="sim-embed")
+        with pytest.raises(GatewayError) as info:
+            await gateway.pipeline.run(call)
+        assert info.value.code == "budget_exceeded"
+    finally:
+        await gateway.stop()

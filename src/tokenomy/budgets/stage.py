@@ -34,7 +34,9 @@ class BudgetStage(Stage):
             raise
         reply.headers.update(ticket.headers)
         if isinstance(reply, StreamReply):
-            reply.on_finish(lambda _reply, exc: enforcer.settle(ticket, call, exc))
+            # registered after the execute stage's finalizer, so the streamed cost is known;
+            # settled in the background so the stream's end does not wait for the store
+            reply.on_finish(lambda _reply, exc: enforcer.settle_later(ticket, call, exc))
         else:
             enforcer.settle_later(ticket, call)
         return reply
