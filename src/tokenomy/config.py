@@ -51,8 +51,12 @@ class ServerSettings(Section):
 
 
 class LedgerSettings(Section):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     #: SQLAlchemy URL. ``sqlite:///…`` (default) or ``postgresql://user@host/db``.
     url: str = "sqlite:///.tokenomy/ledger.db"
+    #: PostgreSQL only: the schema holding the ledger tables (default: the server's search_path).
+    schema_: str | None = Field(None, alias="schema")
     #: The writer flushes when this many rows are waiting…
     batch_size: int = Field(500, ge=1)
     #: …or this often, whichever comes first. Bounds what a hard crash can lose.
