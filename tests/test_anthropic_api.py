@@ -172,3 +172,16 @@ def test_anthropic_prompt_cache_tokens_are_priced(gateway: GatewayServer) -> Non
     ) / 1e6
     assert float(second.headers["x-tokenomy-cost-usd"]) == pytest.approx(expected_second, rel=1e-6)
     assert float(first.headers["x-tokenomy-cost-usd"]) > float(second.headers["x-tokenomy-cost-usd"])
+
+
+def test_anthropic_extensions_are_stripped_for_openai_upstreams(gateway: GatewayServer, fake_openai) -> None:
+    sdk(gateway).messages.create(
+        model="up-gpt",
+        max_tokens=20,
+        extra_body={"top_k": 5},
+        system=[{"type": "text", "text": "Long stable prefix.", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}],
+    )
+    sent = fake_openai.requests[-1]["body"]
+    assert "top_k" not in sent
+    assert "cache_control" not in str(sent)

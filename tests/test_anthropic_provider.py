@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import anthropic
 import orjson
 import pytest
@@ -345,6 +346,84 @@ async def test_stream_broken_mid_way(
     assert received and received[0]["choices"][0]["delta"]["role"] == "assistant"
     assert not stream.completed
     await stream.aclose()
+
+
+# --------------------------------------------------------------------------- the fake itself
+
+
+TOOL_USE_TURN = {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}]}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, 400, "max_tokens: Field required"),
+        (
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+            },
+            400,
+            'found multiple "user" roles in a row',
+        ),
+        (
+            {"model": "m", "max_tokens": 5, "messages": [{"role": "assistant", "content": "a"}]},
+            400,
+            'first message must use the "user" role',
+        ),
+        (
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_9"}]},
+                ],
+            },
+            400,
+            "unexpected `tool_use_id`",
+        ),
+        (
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "a"}, TOOL_USE_TURN, {"role": "user", "content": "b"}],
+            },
+            400,
+            "`tool_use` ids were found without `tool_result` blocks",
+        ),
+        (
+            {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "a"}], "n": 1},
+            400,
+            "n: Extra inputs are not permitted",
+        ),
+    ],
+)
+async def test_fake_validates_like_anthropic(
+    fake_anthropic: FakeAnthropic, body: dict[str, Any], status: int, message: str
+) -> None:
+    headers = {"x-api-key": "sk-ant-fake", "anthropic-version": "2023-06-01"}
+    url = f"{fake_anthropic.base_url}/v1/messages"
+    async with aiohttp.ClientSession() as session, session.post(url, json=body, headers=headers) as response:
+        answer = await response.json()
+    assert response.status == status
+    assert answer["type"] == "error" and answer["error"]["type"] == "invalid_request_error"
+    assert message in answer["error"]["message"]
+    assert answer["request_id"].startswith("req_")
+
+
+async def test_fake_checks_headers(fake_anthropic: FakeAnthropic) -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "a"}]}
+    url = f"{fake_anthropic.base_url}/v1/messages"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=body, headers={"anthropic-version": "2023-06-01"}) as response:
+            assert response.status == 401
+            assert (await response.json())["error"]["type"] == "authentication_error"
+        async with session.post(url, json=body, headers={"x-api-key": "sk-ant-fake"}) as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["message"] == "anthropic-version: header is required"
 
 
 # --------------------------------------------------------------------------- /v1/messages as the official SDK sees it

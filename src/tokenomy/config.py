@@ -61,7 +61,8 @@ class LedgerSettings(Section):
     batch_size: int = Field(500, ge=1)
     #: …or this often, whichever comes first. Bounds what a hard crash can lose.
     flush_interval_s: float = Field(0.25, gt=0)
-    #: Rows held in memory at most; beyond it new rows wait (back-pressure) instead of growing without bound.
+    #: Rows held in memory at most while the database is unreachable; beyond it new rows are
+    #: dropped, logged and counted (``/readyz``), so the gateway keeps serving.
     max_pending: int = Field(100_000, ge=1)
     enabled: bool = True
 

@@ -25,7 +25,8 @@ from tokenomy.api.http import (
     sse_event,
     until_disconnect,
 )
-from tokenomy.api.openai import SSEResponse, add_cost
+from tokenomy.api.openai import add_cost
+from tokenomy.api.sse import SSEResponse
 from tokenomy.errors import GatewayError
 from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.reply import Completion, Reply, StreamReply

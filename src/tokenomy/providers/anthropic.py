@@ -33,6 +33,7 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 class AnthropicProvider(Provider):
     name = "anthropic"
+    accepts_anthropic_extensions = True
 
     def __init__(self, upstream: HTTPUpstream | None = None, *, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
         self.http = upstream or HTTPUpstream()

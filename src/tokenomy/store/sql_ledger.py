@@ -201,7 +201,7 @@ class SQLLedger(Ledger):
         if self.dialect == "sqlite":
             database = self.url.database
             if database and database != ":memory:" and not database.startswith("file:"):
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(self.url, **self._engine_kwargs)
         if self.dialect == "sqlite":
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
