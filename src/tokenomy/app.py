@@ -19,6 +19,7 @@ from starlette.routing import Route
 from tokenomy.api import anthropic as anthropic_api
 from tokenomy.api import health
 from tokenomy.api import openai as openai_api
+from tokenomy.api.router import GatewayASGI
 from tokenomy.config import Settings
 from tokenomy.models import ModelRegistry
 from tokenomy.pipeline.execute import ExecuteStage
@@ -106,7 +107,7 @@ def build_gateway(settings: Settings) -> Gateway:
     return Gateway(settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders)
 
 
-def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
+def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASGI:
     gateway = gateway or build_gateway(settings)
 
     @contextlib.asynccontextmanager
@@ -131,10 +132,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         exception_handlers=health.EXCEPTION_HANDLERS,
     )
     app.state.gateway = gateway
-    return app
+    hot = {route.path: route.endpoint for route in routes if route.methods and "POST" in route.methods}
+    return GatewayASGI(app, hot)
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> GatewayASGI:
     """Factory for ``uvicorn --factory`` (one call per worker process): config from ``TOKENOMY_CONFIG``."""
     from tokenomy.config import load_settings
 
