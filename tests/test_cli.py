@@ -88,3 +88,27 @@ def test_spend_reads_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert result.exit_code == 0, result.output
     groups = {g["group"]: g for g in json.loads(result.output)["groups"]}
     assert groups["a"]["cost_usd"] == 1.0 and groups["a"]["savings_usd"] == 2.0
+
+
+def test_every_setting_is_documented() -> None:
+    """docs/configuration.md names every key of every settings section."""
+    from pydantic import BaseModel
+
+    from tokenomy.config import Settings, SimulatedOptions
+
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    missing = []
+
+    def walk(model: type[BaseModel]) -> None:
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            if f"`{key}`" not in doc:
+                missing.append(f"{model.__name__}.{key}")
+            annotation = field.annotation
+            for candidate in getattr(annotation, "__args__", (annotation,)):
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    walk(candidate)
+
+    walk(Settings)
+    walk(SimulatedOptions)
+    assert not missing, f"undocumented settings: {missing}"
