@@ -60,11 +60,11 @@ class Gateway:
 
     async def start(self) -> None:
         await asyncio.to_thread(warm_up)
-        if self.enforcement is not None:
-            await self.enforcement.start()
         if self.ledger is not None and self.writer is not None:
             await self.ledger.start()
             self.writer.start()
+        if self.enforcement is not None:
+            await self.enforcement.start()  # after the ledger: counters are reconciled with it
         for provider in self.providers.values():
             await provider.start()
         self.ready = True
@@ -105,7 +105,7 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
         )
         sink = writer.record
         recorders.append(lambda call: sink(LedgerRow.from_call(call)))
-    enforcement = build_enforcement(settings, registry, clock)
+    enforcement = build_enforcement(settings, registry, clock, ledger=ledger)
     stages: list[Stage] = [RecordStage(recorders), IdentifyStage(), ResolveStage(registry)]
     if settings.budgets.enabled:
         stages.append(BudgetStage(enforcement.enforcer))

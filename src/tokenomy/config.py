@@ -197,6 +197,10 @@ class BudgetSettings(Section):
     unpriced: Literal["allow", "deny"] = "allow"
     #: How often rules and keys are re-read from the database.
     refresh_s: float = Field(5.0, gt=0)
+    #: How often counters are compared with the ledger (and at start-up); 0 turns it off.
+    reconcile_interval_s: float = Field(300.0, ge=0)
+    #: Add spend the ledger has and the counters lost (after a crash) back to the counters.
+    reconcile_fix: bool = True
     budgets: list[BudgetRuleSettings] = Field(default_factory=list)
     rate_limits: list[RateLimitSettings] = Field(default_factory=list)
 

@@ -6,9 +6,12 @@ choice between embedded and shared state is made here, from settings alone.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tokenomy.budgets.alerts import AlertChannel, AlertDispatcher, LogChannel, WebhookChannel
 from tokenomy.budgets.book import PolicyBook
@@ -17,10 +20,14 @@ from tokenomy.budgets.counters_memory import MemoryCounterStore
 from tokenomy.budgets.counters_redis import RedisCounterStore
 from tokenomy.budgets.enforcer import BudgetEnforcer
 from tokenomy.budgets.keys import KeyService, resolve_pepper
+from tokenomy.budgets.reconcile import reconcile
 from tokenomy.budgets.runaway import RunawayDetector
 from tokenomy.config import Settings, resolve_secret
 from tokenomy.models import ModelRegistry
 from tokenomy.store.access import AccessStore
+from tokenomy.store.ledger import Ledger
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,14 +40,41 @@ class Enforcement:
     counters: CounterStore
     alerts: AlertDispatcher
     enforcer: BudgetEnforcer
+    settings: Settings
+    ledger: Ledger | None = None
+    clock: Callable[[], float] = time.time
+    _reconciler: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         await self.access.start()
         await self.counters.start()
         await self.book.start()
         self.alerts.start()
+        if self.ledger is not None and self.settings.budgets.reconcile_interval_s > 0:
+            await self.reconcile()  # a restart after a crash gets back what the counters lost
+            self._reconciler = asyncio.create_task(self._reconcile_loop(), name="budget-reconcile")
+
+    async def reconcile(self) -> list:
+        """Compare counters with the ledger now (and rebuild lost spend if ``reconcile_fix``)."""
+        assert self.ledger is not None
+        return await reconcile(
+            self.book.current().budgets, self.ledger, self.counters, self.clock(),
+            prefix=self.enforcer.prefix, fix=self.settings.budgets.reconcile_fix,
+        )
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.budgets.reconcile_interval_s)
+            try:
+                await self.reconcile()
+            except Exception:  # a failed report must not stop the next one; it is logged with its trace
+                log.exception("budget reconciliation failed")
 
     async def stop(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
         await self.enforcer.drain()
         await self.alerts.aclose()
         await self.book.aclose()
@@ -68,7 +102,11 @@ def make_alerts(settings: Settings) -> AlertDispatcher:
 
 
 def build_enforcement(
-    settings: Settings, registry: ModelRegistry, clock: Callable[[], float] = time.time
+    settings: Settings,
+    registry: ModelRegistry,
+    clock: Callable[[], float] = time.time,
+    *,
+    ledger: Ledger | None = None,
 ) -> Enforcement:
     access = AccessStore(settings.keys.database_url or settings.ledger.url)
     keys = KeyService(access, resolve_pepper(settings), cache_ttl_s=settings.keys.cache_ttl_s, clock=clock)
@@ -85,4 +123,4 @@ def build_enforcement(
         settings.budgets, counters, book.current, registry=registry, alerts=alerts, runaway=runaway, clock=clock
     )
     enforcer.prefix = prefix
-    return Enforcement(access, keys, book, counters, alerts, enforcer)
+    return Enforcement(access, keys, book, counters, alerts, enforcer, settings, ledger, clock)

@@ -127,6 +127,27 @@ def _window(period: str, now: float, tz: str, seconds: int | None) -> Window:
     return Window(bucket, (bucket,), reset_at, int(reset_at - now) + GRACE_S)
 
 
+def period_start(period: str, now: float, tz: str = "UTC", seconds: int | None = None) -> float | None:
+    """When the window containing ``now`` began (epoch seconds; ``None`` for lifetime).
+
+    For a rolling window: ``now - seconds`` (what the ledger should be summed over).
+    """
+    if period == "lifetime":
+        return None
+    if period == "rolling":
+        return now - float(seconds or 0)
+    local = dt.datetime.fromtimestamp(now, zone(tz))
+    if period == "daily":
+        day = local.date()
+    elif period == "weekly":
+        day = local.date() - dt.timedelta(days=local.weekday())
+    elif period == "monthly":
+        day = local.date().replace(day=1)
+    else:
+        raise ValueError(f"unknown period {period!r}")
+    return _midnight(day, local.tzinfo).timestamp()
+
+
 def _midnight(day: dt.date, tzinfo: dt.tzinfo | None) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=tzinfo)
 

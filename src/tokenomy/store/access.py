@@ -45,7 +45,7 @@ KEYS = sa.Table(
     "api_keys",
     metadata,
     sa.Column("id", sa.String(), primary_key=True),
-    sa.Column("key_hash", sa.String(), nullable=False, unique=True),
+    sa.Column("key_hash", sa.String(), nullable=False),
     sa.Column("hint", sa.String(), nullable=False),
     sa.Column("name", sa.String()),
     sa.Column("org", sa.String()),
@@ -56,6 +56,7 @@ KEYS = sa.Table(
     sa.Column("created_at", sa.Float(), nullable=False),
     sa.Column("expires_at", sa.Float()),
     sa.Column("revoked_at", sa.Float()),
+    sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
 )
 BUDGETS = sa.Table(
     "budgets",
