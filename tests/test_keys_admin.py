@@ -145,3 +145,18 @@ async def test_access_store_on_both_databases(access_factory: Callable[[], Acces
         assert await keys.authenticate(secret) is None
     finally:
         await store.aclose()
+
+
+def test_anthropic_messages_go_through_the_same_enforcement(server: GatewayServer) -> None:
+    import anthropic
+
+    created = admin(server, "POST", "/admin/keys", json={"budget": "0.00003/day", "models": ["sim-fixed"]}).json()
+    client = anthropic.Anthropic(base_url=server.url, api_key=created["key"], max_retries=0)  # sent as x-api-key
+    message = client.messages.create(model="sim-fixed", max_tokens=OUTPUT_TOKENS, messages=HELLO)  # type: ignore[arg-type]
+    assert message.content
+    with pytest.raises(anthropic.RateLimitError) as info:
+        for _ in range(5):
+            client.messages.create(model="sim-fixed", max_tokens=OUTPUT_TOKENS, messages=HELLO)  # type: ignore[arg-type]
+    assert "Budget exceeded" in str(info.value)
+    with pytest.raises(anthropic.PermissionDeniedError):
+        client.messages.create(model="sim-haiku", max_tokens=10, messages=HELLO)  # type: ignore[arg-type]
