@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -78,6 +79,21 @@ async def measure(gateway: Gateway, calls: int) -> tuple[list[float], list[float
     return latencies, stage, wall
 
 
+async def redis_round_trip(url: str, calls: int = 2000) -> float:
+    """p50 of one bare EVALSHA round trip (a script returning 1): the floor of any Redis-backed check."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    sha = await client.script_load("return 1")
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        await client.evalsha(sha, 0)
+        times.append((time.perf_counter() - start) * 1000.0)
+    await client.aclose()
+    return statistics.median(times)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -104,6 +120,7 @@ async def main() -> None:
             results[mode][0].extend(latencies)
             results[mode][1].extend(stage)
             results[mode][2].append(wall)
+    floor = await redis_round_trip(args.redis) if "redis" in gateways else None
     for gateway in gateways.values():
         await gateway.stop()
     base = statistics.median(results["off"][0]) if "off" in results else None
@@ -118,7 +135,12 @@ async def main() -> None:
             f"{mode:8} {p50:8.3f} {pct(latencies, 0.9):8.3f} {pct(latencies, 0.99):8.3f} "
             f"{statistics.median(stage):10.3f} {wall:10.3f} {added:>10} {added_wall:>11}"
         )
+    if floor is not None:
+        print(f"bare Redis EVALSHA round trip p50 on this machine now: {floor:.3f} ms")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    import uvloop  # the event loop `tokenomy serve` runs on
+
+    uvloop.run(main())

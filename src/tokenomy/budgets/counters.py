@@ -47,7 +47,9 @@ class Charge:
     ``window`` lists the counters whose sum is checked (``(key,)`` except for
     rolling windows, where ``key`` is the newest slot). ``limit=None`` counts
     without checking (soft budgets, runaway meters). ``ttl_s`` is how long the
-    counter must live (0: forever).
+    counter must live (0: forever). ``report``: whether ``settle`` must return
+    this charge's window total (budgets do, for alerts; rate limits need not,
+    which spares the store summing their windows).
     """
 
     key: str
@@ -55,6 +57,7 @@ class Charge:
     limit: int | None
     window: tuple[str, ...]
     ttl_s: int = 0
+    report: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,10 @@ class CounterStore(abc.ABC):
         """Replace the reserved amounts by ``actual`` (same order as ``charges``).
 
         If the reservation already expired (and was released), ``actual`` is added
-        in full. Returns each charge's window total after settling.
+        in full. Returns each charge's window total after settling (0 where
+        ``report`` is false). A charge whose actual equals its reserved amount
+        and that reports nothing may be skipped by the store: after an expiry
+        it is then not counted, which only request counts of long-dead calls risk.
         """
 
     @abc.abstractmethod

@@ -184,7 +184,7 @@ class MemoryCounterStore(CounterStore):
                 self._settled[charge.key] = self._settled.get(charge.key, 0) + amount
                 self._dirty.add(charge.key)
             self._touch(charge.key, charge.ttl_s, now)
-        return tuple(self._total(charge.window, now) for charge in charges)
+        return tuple(self._total(charge.window, now) if charge.report else 0 for charge in charges)
 
     async def read(self, windows: Sequence[Sequence[str]]) -> list[int]:
         now = self.clock()

@@ -57,9 +57,10 @@ local function total(f, first, key)
     local v = redis.call('GET', key)
     return v and tonumber(v) or 0
   end
-  local base, sum = P .. f[first], 0
-  for w = first + 1, #f do
-    local v = redis.call('GET', base .. f[w])
+  local base, keys = P .. f[first], {}
+  for w = first + 1, #f do keys[#keys + 1] = base .. f[w] end
+  local sum = 0
+  for _, v in ipairs(redis.call('MGET', unpack(keys))) do
     if v then sum = sum + tonumber(v) end
   end
   return sum
@@ -72,20 +73,25 @@ local function release(rkey)
   redis.call('DEL', rkey)
 end
 -- settle the groups in ARGV[first .. last]: reservation id, charge count, charges
--- (key, actual, ttl, window…); append each charge's window total to out
+-- (key, reserved, actual, ttl[, window…]); append each charge's window total
+-- (0 for charges sent without a window) to out
 local function settle_groups(first, last, out)
   local i = first
   while i <= last do
     local rid, n = ARGV[i], tonumber(ARGV[i + 1])
-    release(P .. 'res:' .. rid)
+    -- still held: replace the reservation by the actual amount; expired (and
+    -- released by a sweep): add the actual amount in full
+    local held = redis.call('DEL', P .. 'res:' .. rid) == 1
     redis.call('ZREM', P .. 'resv', rid)
     for c = i + 2, i + 1 + n do
       local f = split(ARGV[c])
-      local key, actual, ttl = P .. f[1], tonumber(f[2]), tonumber(f[3])
-      if actual ~= 0 and redis.call('INCRBY', key, actual) == actual and ttl > 0 then
+      local key, ttl = P .. f[1], tonumber(f[4])
+      local delta = tonumber(f[3])
+      if held then delta = delta - tonumber(f[2]) end
+      if delta ~= 0 and redis.call('INCRBY', key, delta) == delta and ttl > 0 then
         redis.call('EXPIRE', key, ttl)
       end
-      out[#out + 1] = total(f, 4, key)
+      if #f >= 5 then out[#out + 1] = total(f, 5, key) else out[#out + 1] = 0 end
     end
     i = i + 2 + n
   end
@@ -294,18 +300,27 @@ class RedisCounterStore(CounterStore):
 
     async def settle(self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]) -> tuple[int, ...]:
         p = self.prefix
-        group: list[str] = [reservation_id, str(len(charges))]
-        for charge, amount in zip(charges, actual):
-            head = [_relative(p, charge.key), str(amount), str(charge.ttl_s)]
-            if not (len(charge.window) == 1 and charge.window[0] == charge.key):
+        sent: list[str] = []
+        positions: list[int] = []  # which charges travel (the others return 0)
+        for index, (charge, amount) in enumerate(zip(charges, actual)):
+            if amount == charge.amount and not charge.report:
+                continue  # nothing changes and nothing to report: a request count, a block check
+            head = [_relative(p, charge.key), str(charge.amount), str(amount), str(charge.ttl_s)]
+            if charge.report:
                 head += _window(p, charge.window)
-            group.append(_NUL.join(head))
+            sent.append(_NUL.join(head))
+            positions.append(index)
+        group: list[str] = [reservation_id, str(len(sent)), *sent]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, ...]] = loop.create_future()
-        self._settles.append((group, len(charges), future))
+        self._settles.append((group, len(sent), future))
         if self._flush_timer is None:
             self._flush_timer = loop.call_later(self.settle_delay_s, self._flush_soon)
-        return await future
+        totals = await future
+        out = [0] * len(charges)
+        for index, value in zip(positions, totals):
+            out[index] = value
+        return tuple(out)
 
     def _take_settles(self) -> list[tuple[list[str], int, asyncio.Future[tuple[int, ...]]]]:
         settles, self._settles = self._settles, []

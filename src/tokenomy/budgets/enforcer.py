@@ -143,16 +143,16 @@ class BudgetEnforcer:
                 base = f"{p}rl:{limit_rule.id}:{subject}"
                 if limit_rule.rpm is not None:
                     keys = tuple(f"{base}:rq:{bucket}" for bucket in minute.buckets)
-                    charges.append(Charge(keys[0], 1, limit_rule.rpm, keys, minute.ttl_s))
+                    charges.append(Charge(keys[0], 1, limit_rule.rpm, keys, minute.ttl_s, report=False))
                     infos.append(ChargeInfo("requests", limit_rule, subject, minute, limit_rule.scope))
                 if limit_rule.tpm is not None:
                     keys = tuple(f"{base}:tk:{bucket}" for bucket in minute.buckets)
-                    charges.append(Charge(keys[0], est.tokens, limit_rule.tpm, keys, minute.ttl_s))
+                    charges.append(Charge(keys[0], est.tokens, limit_rule.tpm, keys, minute.ttl_s, report=False))
                     infos.append(ChargeInfo("tokens", limit_rule, subject, minute, limit_rule.scope))
                 if limit_rule.concurrent is not None:
                     key = f"{base}:cc"
                     ttl = int(self.settings.reservation_ttl_s) + 3600
-                    charges.append(Charge(key, 1, limit_rule.concurrent, (key,), ttl))
+                    charges.append(Charge(key, 1, limit_rule.concurrent, (key,), ttl, report=False))
                     infos.append(ChargeInfo("concurrent", limit_rule, subject, None, limit_rule.scope))
         if self.runaway is not None:
             for charge, info in self.runaway.charges(meters, now):

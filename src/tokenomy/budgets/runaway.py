@@ -73,10 +73,10 @@ class RunawayDetector:
         out = []
         for scope, subject in meters:
             key = self._slot_key(scope, subject, slot)
-            out.append((Charge(key, 0, None, (key,), ttl), ChargeInfo("meter", None, subject, None, scope)))
+            out.append((Charge(key, 0, None, (key,), ttl, report=False), ChargeInfo("meter", None, subject, None, scope)))
             if self.settings.throttle:
                 block = f"{self.prefix}blk:{scope}:{subject}"
-                out.append((Charge(block, 0, 0, (block,), 0), ChargeInfo("block", None, subject, None, scope)))
+                out.append((Charge(block, 0, 0, (block,), 0, report=False), ChargeInfo("block", None, subject, None, scope)))
         return out
 
     async def observe(self, scope: str, subject: str) -> None:
