@@ -280,3 +280,20 @@ async def test_embeddings_go_through_budgets(tmp_path: Path) -> None:
         assert info.value.code == "budget_exceeded"
     finally:
         await gateway.stop()
+
+
+async def test_customer_ids_cannot_break_counter_keys(tmp_path: Path, backend_prefix) -> None:
+    backend, prefix = backend_prefix
+    probe = await start_gateway(tmp_path / "probe")
+    cost = one_call_cost(probe)
+    await probe.stop()
+    rule = {"id": "per-customer", "scope": "customer", "value": "*", "amount_usd": cost * 1.5, "period": "daily"}
+    gateway = await start_gateway(tmp_path, budgets=budgets(backend, prefix, rule))
+    try:
+        sneaky = chat_body(user="victim\u00000\u0000-1\u0000x")  # fields of the Redis wire format
+        assert "error" not in (await run(gateway, sneaky)).annotations
+        await gateway.enforcement.enforcer.drain()
+        assert isinstance((await run(gateway, sneaky)).annotations["error"], BudgetExceeded)
+        assert "error" not in (await run(gateway, chat_body(user="victim"))).annotations
+    finally:
+        await gateway.stop()

@@ -15,17 +15,18 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tokenomy.budgets import metrics
-from tokenomy.budgets.alerts import Alert, AlertDispatcher
+from tokenomy.budgets.alerts import AlertDispatcher
 from tokenomy.budgets.counters import NANO, Charge, CounterStore, CounterStoreUnavailable, from_nano, to_nano
-from tokenomy.budgets.estimate import Estimate, estimate
+from tokenomy.budgets.estimate import estimate
 from tokenomy.budgets.periods import Window, format_reset, window
 from tokenomy.budgets.policy import BudgetRule, PolicySet, RateLimitRule
 from tokenomy.budgets.runaway import RunawayDetector
+from tokenomy.budgets.thresholds import ThresholdAlerts
+from tokenomy.budgets.ticket import ChargeInfo, Ticket
 from tokenomy.config import BudgetSettings
 from tokenomy.errors import (
     BudgetExceeded,
@@ -45,31 +46,6 @@ Clock = Callable[[], float]
 
 #: Rate limits count over a rolling minute.
 MINUTE = 60
-#: Markers of fired alerts live this long when the period never resets (lifetime budgets).
-FOREVER_S = 10 * 365 * 86400
-
-
-@dataclass(frozen=True, slots=True)
-class ChargeInfo:
-    """What one charge of a ticket stands for."""
-
-    kind: str  # budget | requests | tokens | concurrent | meter | block
-    rule: Any  # BudgetRule | RateLimitRule | None
-    subject: str
-    window: Window | None = None
-    scope: str = ""
-
-
-@dataclass(slots=True)
-class Ticket:
-    """A call's reservation, settled exactly once."""
-
-    reservation_id: str
-    charges: list[Charge]
-    infos: list[ChargeInfo]
-    estimate: Estimate
-    headers: dict[str, str] = field(default_factory=dict)
-    settled: bool = False
 
 
 class BudgetEnforcer:
@@ -93,10 +69,11 @@ class BudgetEnforcer:
         self.alerts = alerts
         self.runaway = runaway
         self.clock = clock
-        self.prefix = getattr(store, "prefix", "")
+        #: counter keys start with the store's own prefix (Redis) or nothing (memory)
+        self.prefix: str = getattr(store, "prefix", "")
         self.store_failures = 0
         self._pending: set[asyncio.Task[None]] = set()
-        self._fired: dict[str, None] = {}  # alert markers this process already knows are taken
+        self.thresholds = ThresholdAlerts(store, alerts, prefix=self.prefix, clock=clock) if alerts is not None else None
 
     # admission --------------------------------------------------------------
 
@@ -216,7 +193,8 @@ class BudgetEnforcer:
             }
             if reset is not None:
                 headers["retry-after"] = str(max(1, math.ceil(reset - now)))
-            self._exhausted(rule, info, total)
+            if self.thresholds is not None:
+                self._background(self.thresholds.exhausted(info, total))
             return BudgetExceeded(
                 f"Budget exceeded for {rule.describe(info.subject)} ({rule.period_label()} budget "
                 f"${rule.amount_usd:.2f}, id {rule.id}): ${from_nano(remaining):.6f} remaining, this request "
@@ -270,7 +248,10 @@ class BudgetEnforcer:
         """Settle in the background: the answer does not wait for the store round trip."""
         if ticket is None or ticket.settled:
             return
-        task = asyncio.ensure_future(self.settle(ticket, call, exc))
+        self._background(self.settle(ticket, call, exc))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -306,63 +287,10 @@ class BudgetEnforcer:
 
     async def _after_settle(self, ticket: Ticket, totals: tuple[int, ...]) -> None:
         for info, charge, total in zip(ticket.infos, ticket.charges, totals):
-            if info.kind == "budget":
-                await self._thresholds(info, total)
+            if info.kind == "budget" and self.thresholds is not None:
+                await self.thresholds.check(info, total)
             elif info.kind == "meter" and self.runaway is not None:
                 await self.runaway.observe(info.scope, info.subject)
-
-    async def _thresholds(self, info: ChargeInfo, total: int) -> None:
-        rule: BudgetRule = info.rule
-        if self.alerts is None or not rule.thresholds or rule.amount_usd <= 0:
-            return
-        fraction = total / (rule.amount_usd * NANO)
-        for threshold in rule.thresholds:
-            if fraction + 1e-12 >= threshold:
-                await self._fire(rule, info, threshold, total)
-
-    def _exhausted(self, rule: BudgetRule, info: ChargeInfo, total: int) -> None:
-        """A refused call means the budget is used up: the 100 % alert, if not fired yet."""
-        if self.alerts is None or 1.0 not in rule.thresholds:
-            return
-        task = asyncio.ensure_future(self._fire(rule, info, 1.0, total))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _fire(self, rule: BudgetRule, info: ChargeInfo, threshold: float, total: int) -> None:
-        assert self.alerts is not None and info.window is not None
-        marker = f"{self.prefix}al:{rule.id}:{info.subject}:{info.window.bucket}:{threshold:g}"
-        if marker in self._fired:
-            return
-        ttl = info.window.ttl_s or FOREVER_S
-        try:
-            first = await self.store.claim(marker, ttl)
-        except CounterStoreUnavailable as exc:
-            log.error("could not record budget alert %s: %s", marker, exc)
-            return
-        self._fired[marker] = None
-        if len(self._fired) > 10_000:
-            self._fired.pop(next(iter(self._fired)))
-        if not first:
-            return
-        spent = from_nano(total)
-        self.alerts.publish(
-            Alert(
-                kind="budget_threshold",
-                scope=rule.scope,
-                subject=info.subject,
-                budget_id=rule.id,
-                threshold=threshold,
-                spent_usd=spent,
-                limit_usd=rule.amount_usd,
-                period=rule.period_label(),
-                reset_at=format_reset(info.window.reset_at),
-                message=(
-                    f"{rule.describe(info.subject)} has used {threshold:.0%} of its {rule.period_label()} budget "
-                    f"{rule.id} (${spent:.4f} of ${rule.amount_usd:.2f}; resets {format_reset(info.window.reset_at)})."
-                ),
-                at=self.clock(),
-            )
-        )
 
     async def drain(self) -> None:
         """Wait for background settles and alerts (tests, shutdown)."""

@@ -122,5 +122,4 @@ def build_enforcement(
     enforcer = BudgetEnforcer(
         settings.budgets, counters, book.current, registry=registry, alerts=alerts, runaway=runaway, clock=clock
     )
-    enforcer.prefix = prefix
     return Enforcement(access, keys, book, counters, alerts, enforcer, settings, ledger, clock)

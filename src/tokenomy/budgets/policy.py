@@ -69,7 +69,19 @@ class RateLimitRule:
 
 
 def subject_of(scope: str, call: Call) -> str | None:
-    """The value of ``scope`` for this call (``None``: the call is not in that scope)."""
+    """The value of ``scope`` for this call (``None``: the call is not in that scope).
+
+    NUL characters are dropped: values become parts of counter keys, and the
+    Redis store uses NUL as its field separator (a customer id comes from the
+    request body, so it is the client's to choose).
+    """
+    value = _subject(scope, call)
+    if value is not None and "\0" in value:
+        value = value.replace("\0", "") or None
+    return value
+
+
+def _subject(scope: str, call: Call) -> str | None:
     identity = call.identity
     if scope == "global":
         return EACH

@@ -17,16 +17,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
 from tokenomy.budgets.alerts import Alert, AlertDispatcher
 from tokenomy.budgets.counters import Charge, CounterStore, CounterStoreUnavailable, from_nano
 from tokenomy.budgets.policy import subject_of
+from tokenomy.budgets.ticket import ChargeInfo
 from tokenomy.config import RunawaySettings
 from tokenomy.pipeline.call import Call
-
-if TYPE_CHECKING:
-    from tokenomy.budgets.enforcer import ChargeInfo
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +62,6 @@ class RunawayDetector:
 
     def charges(self, meters: list[tuple[str, str]], now: float) -> list[tuple[Charge, ChargeInfo]]:
         """A zero reservation on the current slot (settled to the call's cost), plus throttle blocks."""
-        from tokenomy.budgets.enforcer import ChargeInfo
-
         slot = int(now // SLOT_S)
         ttl = self.settings.window_s + self.settings.baseline_s + 2 * SLOT_S
         out = []
