@@ -98,18 +98,21 @@ local function settle_groups(first, last, out)
 end
 """
 
-# ARGV: prefix, reservation id, now, deadline, S, S arguments of settle groups, charge…
+# ARGV: prefix, reservation id, now, deadline, sweep (1: release expired reservations first),
+#       S, S arguments of settle groups, charge…
 # Returns {n, reserve answer (n items), settle totals…}; the reserve answer is
 # {1, total…} when admitted, {0, refused index, total} when not.
 RESERVE = _COMMON + """
-local rid, now, deadline, S = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local rid, now, deadline, S = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
 local settled = {}
-settle_groups(6, 5 + S, settled)
+settle_groups(7, 6 + S, settled)
 local zset = P .. 'resv'
-local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, %d)
-for _, old in ipairs(expired) do
-  release(P .. 'res:' .. old)
-  redis.call('ZREM', zset, old)
+if ARGV[5] == '1' then
+  local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, %d)
+  for _, old in ipairs(expired) do
+    release(P .. 'res:' .. old)
+    redis.call('ZREM', zset, old)
+  end
 end
 local function answer(reply)
   local out = {#reply}
@@ -118,11 +121,11 @@ local function answer(reply)
   return out
 end
 local charges, totals = {}, {1}
-for c = 6 + S, #ARGV do
+for c = 7 + S, #ARGV do
   local f = split(ARGV[c])
   local key, amount, limit = P .. f[1], tonumber(f[2]), tonumber(f[3])
   local sum = total(f, 5, key)
-  if limit >= 0 and sum + amount > limit then return answer({0, c - 6 - S, sum}) end
+  if limit >= 0 and sum + amount > limit then return answer({0, c - 7 - S, sum}) end
   charges[#charges + 1] = f
   totals[#totals + 1] = sum + amount
 end
@@ -220,6 +223,7 @@ class RedisCounterStore(CounterStore):
         self._settles: list[tuple[list[str], int, asyncio.Future[tuple[int, ...]]]] = []
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+        self._next_sweep = 0.0
         self.prefix = prefix
         self.clock = clock
         self.timeout_s = timeout_s
@@ -279,7 +283,10 @@ class RedisCounterStore(CounterStore):
         p = self.prefix
         settles = self._take_settles()
         groups = [arg for group, _, _ in settles for arg in group]
-        args: list[Any] = [p, reservation_id, repr(now), repr(now + ttl_s), len(groups), *groups]
+        sweep = now >= self._next_sweep  # expired reservations are looked for at most once a second
+        if sweep:
+            self._next_sweep = now + 1.0
+        args: list[Any] = [p, reservation_id, repr(now), repr(now + ttl_s), "1" if sweep else "0", len(groups), *groups]
         for charge in charges:
             head = [_relative(p, charge.key), str(charge.amount), "-1" if charge.limit is None else str(charge.limit), str(charge.ttl_s)]
             if not (len(charge.window) == 1 and charge.window[0] == charge.key):

@@ -16,6 +16,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 from tokenomy.budgets import metrics
@@ -44,8 +45,9 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
-#: Rate limits count over a rolling minute.
+#: Rate limits count over a rolling minute, in six ten-second slots.
 MINUTE = 60
+MINUTE_SLOTS = 6
 
 
 class BudgetEnforcer:
@@ -115,7 +117,7 @@ class BudgetEnforcer:
             charges.append(Charge(keys[0], reserve_nano, limit, keys, win.ttl_s))
             infos.append(ChargeInfo("budget", rule, subject, win, rule.scope))
         if limits:
-            minute = window("rolling", now, seconds=MINUTE)
+            minute = window("rolling", now, seconds=MINUTE, slots=MINUTE_SLOTS)
             for limit_rule, subject in limits:
                 base = f"{p}rl:{limit_rule.id}:{subject}"
                 if limit_rule.rpm is not None:
@@ -151,7 +153,27 @@ class BudgetEnforcer:
                     return await self._admit(call, budgets, limits, meters, downgraded=True)
             raise self._refusal(call, info, charge, total, now)
         ticket.headers = self._headers(charges, infos, admission.totals, now)
+        ticket.charges = self._reporting(charges, infos, admission.totals)
         return ticket
+
+    def _reporting(self, charges: list[Charge], infos: list[ChargeInfo], totals: tuple[int, ...]) -> list[Charge]:
+        """Ask the settle for a budget's new total only if it may have crossed an alert threshold.
+
+        The total at reservation already counts this call's worst case, and a
+        settle only lowers it (actual ≤ reserved), so below the lowest threshold
+        there is nothing to alert on — and the store need not sum the window again.
+        """
+        out = charges
+        for index, (charge, info, total) in enumerate(zip(charges, infos, totals)):
+            if info.kind != "budget" or not charge.report:
+                continue
+            rule: BudgetRule = info.rule
+            if self.thresholds is not None and rule.thresholds and total >= min(rule.thresholds) * rule.amount_usd * NANO:
+                continue
+            if out is charges:
+                out = list(charges)
+            out[index] = replace(charge, report=False)
+        return out
 
     def _store_down(self, exc: CounterStoreUnavailable, call: Call) -> None:
         self.store_failures += 1

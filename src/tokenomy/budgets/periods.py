@@ -7,7 +7,8 @@ moment it resets, and how long the counter must outlive it.
 
 Calendar periods (daily, weekly from Monday, monthly) are aligned in a time zone
 (``Europe/Paris`` budgets reset at Paris midnight, including across DST changes).
-A rolling window of ``seconds`` is split into ``ROLLING_SLOTS`` slots; the spend
+A rolling window of ``seconds`` is split into ``ROLLING_SLOTS`` slots (or as many
+as asked: rate limits use six ten-second slots of a minute); the spend
 in the window is the sum of the slots that overlap it, so old spend slides out
 one slot at a time. Lifetime never resets.
 """
@@ -71,10 +72,10 @@ def zone(name: str) -> dt.tzinfo:
         raise ValueError(f"unknown time zone {name!r}") from exc
 
 
-_CACHE: dict[tuple[str, str, int | None], tuple[float, float, Window]] = {}
+_CACHE: dict[tuple[str, str, int | None, int], tuple[float, float, Window]] = {}
 
 
-def window(period: str, now: float, tz: str = "UTC", seconds: int | None = None) -> Window:
+def window(period: str, now: float, tz: str = "UTC", seconds: int | None = None, slots: int = ROLLING_SLOTS) -> Window:
     """The window of ``period`` containing epoch ``now``.
 
     Memoized per (period, zone, length) while ``now`` stays inside the window
@@ -82,11 +83,11 @@ def window(period: str, now: float, tz: str = "UTC", seconds: int | None = None)
     period. (The cached ``ttl_s`` is the one computed at the window's first use,
     a little longer than needed later on, never shorter.)
     """
-    key = (period, tz, seconds)
+    key = (period, tz, seconds, slots)
     hit = _CACHE.get(key)
     if hit is not None and hit[0] <= now < hit[1]:
         return hit[2]
-    found = _window(period, now, tz, seconds)
+    found = _window(period, now, tz, seconds, slots)
     # valid from now (a moment known to be inside it) until it resets
     until = found.reset_at if found.reset_at is not None else float("inf")
     if len(_CACHE) > 1024:
@@ -95,13 +96,13 @@ def window(period: str, now: float, tz: str = "UTC", seconds: int | None = None)
     return found
 
 
-def _window(period: str, now: float, tz: str, seconds: int | None) -> Window:
+def _window(period: str, now: float, tz: str, seconds: int | None, slots: int) -> Window:
     if period == "lifetime":
         return Window("all", ("all",), None, 0)
     if period == "rolling":
         if not seconds or seconds <= 0:
             raise ValueError("a rolling window needs a positive length in seconds")
-        slot = max(1, -(-seconds // ROLLING_SLOTS))  # ceil: slots * slot covers the window
+        slot = max(1, -(-seconds // slots))  # ceil: slots * slot covers the window
         index = int(now // slot)
         count = -(-seconds // slot)
         buckets = tuple(f"r{slot}.{index - i}" for i in range(count))
