@@ -177,3 +177,48 @@ async def _load_then_sigterm(port: int, proc: subprocess.Popen) -> set[str]:
     stop.set()
     await asyncio.gather(*tasks)
     return answered
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_ledger(tmp_path: Path) -> None:
+    """`tokenomy serve --workers 2`: both processes serve and record into the same ledger."""
+    port = free_port()
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    env = {**os.environ, "TOKENOMY_LEDGER__URL": url, "TOKENOMY_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenomy.cli", "serve", "--workers", "2", "--port", str(port)], env=env, cwd=tmp_path
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.2)
+        ids = [f"w-{i}" for i in range(40)]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            for request_id in ids:
+                response = http.post(
+                    "/v1/chat/completions",
+                    json={"model": "sim-mini", "messages": [{"role": "user", "content": request_id}]},
+                    headers={"x-request-id": request_id, "connection": "close"},
+                )
+                assert response.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    async def stored() -> set[str]:
+        ledger = SQLLedger(url)
+        await ledger.start()
+        try:
+            return {row.request_id for row in await ledger.fetch()}
+        finally:
+            await ledger.aclose()
+
+    assert set(ids) <= asyncio.run(stored())
