@@ -297,3 +297,19 @@ async def test_customer_ids_cannot_break_counter_keys(tmp_path: Path, backend_pr
         assert "error" not in (await run(gateway, chat_body(user="victim"))).annotations
     finally:
         await gateway.stop()
+
+
+async def test_model_and_provider_scopes(tmp_path: Path) -> None:
+    rules = [
+        {"id": "fixed-model", "scope": "model", "value": "sim-fixed", "amount_usd": 0.0},
+        {"id": "sim-provider", "scope": "provider", "value": "simulated", "amount_usd": 1.0},
+    ]
+    gateway = await start_gateway(tmp_path, budgets={"budgets": rules})
+    try:
+        refused = (await run(gateway, chat_body())).annotations["error"]
+        assert "model 'sim-fixed'" in refused.message
+        ok = await run(gateway, chat_body(model="sim-mini"))
+        assert "error" not in ok.annotations
+        assert float(ok.annotations["headers"]["x-tokenomy-budget-remaining-usd"]) < 1.0  # the provider budget
+    finally:
+        await gateway.stop()

@@ -160,3 +160,26 @@ def test_anthropic_messages_go_through_the_same_enforcement(server: GatewayServe
     assert "Budget exceeded" in str(info.value)
     with pytest.raises(anthropic.PermissionDeniedError):
         client.messages.create(model="sim-haiku", max_tokens=10, messages=HELLO)  # type: ignore[arg-type]
+
+
+def test_admin_teams_orgs_rate_limits_and_validation(server: GatewayServer) -> None:
+    assert admin(server, "POST", "/admin/orgs", json={"name": "acme"}).status_code == 201
+    assert admin(server, "POST", "/admin/orgs", json={"name": "acme"}).status_code == 400
+    team = admin(server, "POST", "/admin/teams", json={"name": "search", "org": "acme", "models": ["sim-fixed"], "budget": "10/week"})
+    assert team.status_code == 201 and team.json()["budget"]["period"] == "weekly"
+    assert [t["name"] for t in admin(server, "GET", "/admin/teams").json()["data"]] == ["search"]
+    limit = admin(server, "POST", "/admin/rate-limits", json={"scope": "team", "value": "search", "rpm": 1})
+    assert limit.status_code == 201
+    key = admin(server, "POST", "/admin/keys", json={"team": "search"}).json()
+    assert key["org"] == "acme"
+    assert chat(server, key["key"]).status_code == 200
+    second = chat(server, key["key"])
+    assert second.status_code == 429 and second.json()["error"]["code"] == "rate_limit_exceeded"
+    assert admin(server, "DELETE", f"/admin/rate-limits/{limit.json()['id']}").status_code == 200
+    assert chat(server, key["key"]).status_code == 200
+    bad = admin(server, "POST", "/admin/budgets", json={"amount": "lots/month"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "amount"
+    assert admin(server, "POST", "/admin/budgets", json={"amount_usd": 1, "scope": "planet"}).status_code == 400
+    budgets = admin(server, "GET", "/admin/budgets").json()["data"]
+    assert admin(server, "DELETE", f"/admin/budgets/{budgets[0]['id']}").status_code == 200
+    assert admin(server, "DELETE", "/admin/budgets/nope").status_code == 404
