@@ -102,3 +102,11 @@ async def test_memory_store_keeps_settled_spend_across_restart(tmp_path, clock: 
     await again.start()
     assert await again.read([("spend",)]) == [30]
     await again.aclose()
+
+
+async def test_add_without_reservation_counts_in_windows(counters: CounterStore) -> None:
+    prefix = getattr(counters, "test_prefix", "")
+    assert await counters.add(prefix + "rebuilt", 40, ttl_s=3600) == 40
+    assert await counters.add(prefix + "rebuilt", 2, ttl_s=60) == 42
+    a = charge(counters, "rebuilt", 10, 50)
+    assert not (await counters.reserve("r1", [a], ttl_s=60)).admitted

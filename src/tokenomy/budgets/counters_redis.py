@@ -155,6 +155,15 @@ settle_groups(2, #ARGV, out)
 return out
 """
 
+# ARGV: key, amount, ttl — add without a reservation; never shortens a lifetime
+# (works on Redis 6, which has no EXPIRE GT/NX)
+ADD = """
+local v = redis.call('INCRBY', ARGV[1], ARGV[2])
+local ttl = tonumber(ARGV[3])
+if ttl > 0 and redis.call('TTL', ARGV[1]) < ttl then redis.call('EXPIRE', ARGV[1], ttl) end
+return v
+"""
+
 # ARGV: prefix, window… (base, suffixes…)
 READ = _COMMON + """
 local out = {}
@@ -248,7 +257,7 @@ class RedisCounterStore(CounterStore):
         return self._client
 
     async def start(self) -> None:
-        for name, script in (("reserve", RESERVE), ("settle", SETTLE), ("read", READ)):
+        for name, script in (("reserve", RESERVE), ("settle", SETTLE), ("read", READ), ("add", ADD)):
             self._shas[name] = await self._guard(self.client.script_load(script))
 
     async def aclose(self) -> None:
@@ -363,13 +372,7 @@ class RedisCounterStore(CounterStore):
         return [int(v) for v in result]
 
     async def add(self, key: str, amount: int, ttl_s: int = 0) -> int:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.incrby(key, amount)
-        if ttl_s > 0:
-            pipe.expire(key, ttl_s, gt=True)
-            pipe.expire(key, ttl_s, nx=True)
-        result = await self._guard(pipe.execute())
-        return int(result[0])
+        return int(await self._run("add", ADD, [key, amount, ttl_s]))
 
     async def claim(self, key: str, ttl_s: int) -> bool:
         return bool(await self._guard(self.client.set(key, b"1", nx=True, ex=max(1, ttl_s))))
