@@ -47,3 +47,8 @@ def test_bad_budget_is_a_clear_error(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump({"ledger": {"url": f"sqlite:///{tmp_path}/db.sqlite"}}))
     result = CliRunner().invoke(app, ["budgets", "create", "lots/month", "--config", str(config)])
     assert result.exit_code == 2 and "amount must be a number" in result.output
+
+
+def test_serve_refuses_several_workers_on_the_memory_backend() -> None:
+    result = CliRunner().invoke(app, ["serve", "--workers", "2"])
+    assert result.exit_code == 2 and "budgets.backend" in result.output

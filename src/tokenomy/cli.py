@@ -78,6 +78,14 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
+    if settings.server.workers > 1 and settings.budgets.enabled and settings.budgets.backend == "memory":
+        # each worker would keep its own counters: N workers could spend N times a budget
+        typer.echo(
+            "error: budgets.backend 'memory' counts in one process; with several workers "
+            "use budgets.backend: redis (or budgets.enabled: false)",
+            err=True,
+        )
+        raise typer.Exit(2)
     import uvicorn
 
     # Worker processes rebuild settings from the environment: pass the file and overrides on.
