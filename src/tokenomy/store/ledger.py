@@ -49,6 +49,8 @@ class LedgerRow:
     upstream_ms: float | None
     stage_ms: dict[str, float] = field(default_factory=dict)
     cost_items: list[dict[str, Any]] = field(default_factory=list)
+    #: the routing decision and its reason (``None``: the model asked was served as asked)
+    route: str | None = None
 
     @property
     def savings_usd(self) -> float | None:
@@ -94,6 +96,7 @@ class LedgerRow:
             upstream_ms=call.upstream_ms,
             stage_ms=dict(call.stage_ms),
             cost_items=[item.as_dict() for item in call.trace.items],
+            route=call.route,
         )
 
 
