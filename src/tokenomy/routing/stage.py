@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenomy.config import ConfigError
+from tokenomy.errors import ModelNotFound
 from tokenomy.models import ModelRegistry, Target
 from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.reply import Reply
@@ -27,7 +29,7 @@ from tokenomy.routing.settings import RouterSettings, RoutingSettings
 log = logging.getLogger(__name__)
 
 
-class RoutingConfigError(ValueError):
+class RoutingConfigError(ConfigError):
     """The routing section names a model, tier or router file that does not exist."""
 
 
@@ -173,10 +175,13 @@ class RouteStage(Stage):
         self.latency = latency  # LatencyBoard when routing.health.latency_aware
         self.base_dir = base_dir
         self._chains: dict[str, tuple[Target, ...]] = {}
-        for model, chain in {**routing.fallbacks, **routing.context_fallbacks, **routing.content_policy_fallbacks}.items():
-            for name in [model, *chain]:
-                self.registry.resolve(name)
-        self.routers = {r.name: Router(r, self) for r in routing.routers}
+        try:
+            for model, chain in {**routing.fallbacks, **routing.context_fallbacks, **routing.content_policy_fallbacks}.items():
+                for name in [model, *chain]:
+                    self.registry.resolve(name)
+            self.routers = {r.name: Router(r, self) for r in routing.routers}
+        except ModelNotFound as exc:
+            raise RoutingConfigError(f"routing: {exc.message}") from exc
         for name in self.routers:
             if name in registry:
                 raise RoutingConfigError(f"router name {name!r} is also a model name")
