@@ -23,11 +23,13 @@ import numpy as np
 MODEL_NAME = "all-MiniLM-L6-v2-onnx-int8"
 DIMENSION = 384
 MAX_TOKENS = 256
-#: Only the prompt's tail is embedded (characters, then tokens: truncation keeps the *last*
-#: 256 tokens), because few-shot prompts put the question last; short prompts are unaffected.
+#: Only the prompt's tail is embedded: its last paragraphs, at least ``MIN_CHARS`` and at most
+#: ``MAX_CHARS`` characters (then the last 256 tokens). Few-shot prompts put the question last,
+#: and their shared examples would otherwise dominate the mean-pooled vector.
+MIN_CHARS = 200
 MAX_CHARS = 1200
 #: Changes whenever the text → vector mapping changes (keys the on-disk embedding cache).
-VERSION = f"{MODEL_NAME}/tail{MAX_CHARS}c/left{MAX_TOKENS}t"
+VERSION = f"{MODEL_NAME}/para{MIN_CHARS}-{MAX_CHARS}c/left{MAX_TOKENS}t"
 ANNOTATION = "embedding"
 
 
@@ -36,9 +38,14 @@ class EmbedderUnavailable(RuntimeError):
 
 
 def prompt_text(text: str) -> str:
-    """The part of a prompt the router looks at: its last ``MAX_CHARS`` characters."""
-    text = text.strip()
-    return text[-MAX_CHARS:] if len(text) > MAX_CHARS else text
+    """The part of a prompt the router looks at: its last paragraphs (see ``MIN_CHARS``)."""
+    parts = text.strip().split("\n\n")
+    out = parts[-1]
+    i = len(parts) - 2
+    while len(out) < MIN_CHARS and i >= 0:
+        out = parts[i] + "\n\n" + out
+        i -= 1
+    return out[-MAX_CHARS:]
 
 
 class MiniLMEmbedder:
