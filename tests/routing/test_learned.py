@@ -105,7 +105,7 @@ def test_cli_train_and_eval_json(tmp_path: Path) -> None:
     result = runner.invoke(app, ["router", "train", "--data", str(log), "--out", str(out), "--embeddings-cache", str(cache)])
     assert result.exit_code == 0, result.output
     assert LearnedRouter.load(out).models == ["mathbot", "poet", "big"]
-    result = runner.invoke(app, ["router", "eval", "--data", str(log), "--format", "json", "--embeddings-cache", str(cache), "--test-fraction", "0.5"])
+    result = runner.invoke(app, ["router", "eval", "--data", str(log), "--format", "json", "--embeddings-cache", str(cache), "--folds", "2"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert {"curve", "best_single", "oracle", "aiq"} <= set(report)

@@ -7,7 +7,8 @@ and the method's arrays; loading needs numpy only. Methods:
 - ``knn``: the k nearest training prompts (cosine), success rates weighted by
   similarity and shrunk toward each model's overall success rate;
 - ``logistic``: one logistic head per model on the embedding;
-- ``mlp``: one small shared hidden layer, one sigmoid output per model.
+- ``mlp``: one small shared hidden layer, one sigmoid output per model;
+- ``ensemble``: the mean of the kNN and logistic predictions.
 
 ``choose`` picks the cheapest candidate whose predicted success reaches a
 quality target, or maximises ``p − λ·cost/max_cost``. Decisions take tens of
@@ -44,6 +45,8 @@ class LearnedRouter:
             out = self._knn(X)
         elif self.method == "logistic":
             out = _sigmoid(X @ self.arrays["W"] + self.arrays["b"])
+        elif self.method == "ensemble":
+            out = 0.5 * (self._knn(X) + _sigmoid(X @ self.arrays["W"] + self.arrays["b"]))
         elif self.method == "mlp":
             hidden = np.maximum(X @ self.arrays["W1"] + self.arrays["b1"], 0.0)
             out = _sigmoid(hidden @ self.arrays["W2"] + self.arrays["b2"])

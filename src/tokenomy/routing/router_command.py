@@ -6,9 +6,8 @@ Prompts are embedded with the local MiniLM model (batched, cached under
 - ``train`` fits a router on every row of the data and writes the router file
   the gateway loads (``routing.routers[].learned.path``);
 - ``eval`` either scores a router file on the data (``--router``), or, without
-  one, splits each dataset into train/test parts (``--test-fraction``,
-  ``--seed``), fits each ``--method`` on the train part and scores it on the
-  rest. It reports the cost–quality curve, AIQ, cost at 97 % of the best
+  one, cross-validates each ``--method`` (``--folds``, default 5: each prompt is
+  scored by a router trained on the other folds; ``--seed`` fixes the folds). It reports the cost–quality curve, AIQ, cost at 97 % of the best
   single model, and for two-model data APGR and CPT(50 %)/CPT(80 %), against
   the best and cheapest single models, random routing and the oracle.
 """
@@ -59,7 +58,7 @@ def _load(paths: list[Path]):
 def train_command(
     data: list[Path] = typer.Option(..., "--data", help="RouterBench CSV, RouteLLM CSV/judgements, or feedback JSONL (repeatable; same models)."),
     out: Path = typer.Option(..., "--out", help="Router file to write."),
-    method: str = typer.Option("knn", "--method", help="knn, logistic or mlp."),
+    method: str = typer.Option("knn", "--method", help="knn, logistic, mlp or ensemble."),
     cache: Optional[Path] = typer.Option(DEFAULT_CACHE, "--embeddings-cache", help="Directory caching prompt embeddings."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -94,8 +93,8 @@ def train_command(
 def eval_command(
     data: list[Path] = typer.Option(..., "--data", help="Dataset file(s) to evaluate on (repeatable)."),
     router: Optional[Path] = typer.Option(None, "--router", help="Router file to score (default: train/test split)."),
-    method: str = typer.Option("knn", "--method", help="knn, logistic, mlp or all (split mode)."),
-    test_fraction: float = typer.Option(0.3, "--test-fraction", min=0.05, max=0.95),
+    method: str = typer.Option("knn", "--method", help="knn, logistic, mlp, ensemble, or all (split mode)."),
+    folds: int = typer.Option(5, "--folds", min=1, help="Cross-validation folds (1: one 70/30 split)."),
     seed: int = typer.Option(0, "--seed"),
     cache: Optional[Path] = typer.Option(DEFAULT_CACHE, "--embeddings-cache"),
     fmt: str = typer.Option("table", "--format", help="table or json."),
@@ -116,7 +115,7 @@ def eval_command(
             reports.append(evaluate(fitted, X, ds, seed=seed))
         else:
             for m in methods:
-                reports.append(cross_validate(m, X, ds, test_fraction=test_fraction, seed=seed))
+                reports.append(cross_validate(m, X, ds, folds=folds, seed=seed))
     if fmt == "json":
         typer.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
@@ -129,7 +128,7 @@ def render_table(reports: list[dict[str, Any]]) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="learned router (held-out data)")
+    table = Table(title="learned router (held-out predictions)")
     for col in ("dataset", "method", "n", "AIQ", "AIQ rand", "AIQ zero", "best single", "cost@97%", "dominates", "APGR", "CPT50", "CPT80"):
         table.add_column(col)
     for r in reports:

@@ -16,9 +16,11 @@ import numpy as np
 from tokenomy.routing.datasets import RoutingDataset
 from tokenomy.routing.learned import LearnedRouter
 
-METHODS = ("knn", "logistic", "mlp")
+METHODS = ("knn", "logistic", "mlp", "ensemble")
 #: λ values swept to trace a curve (0 = quality only … large = cost only).
 LAMBDAS = np.concatenate([[0.0], np.logspace(-3, 1.5, 60)])
+#: quality targets swept (the cheapest model predicted to reach the target is chosen)
+TARGETS = np.linspace(0.0, 1.0, 101)
 
 
 def train(method: str, X: np.ndarray, data: RoutingDataset, *, seed: int = 0, **params: Any) -> LearnedRouter:
@@ -46,6 +48,10 @@ def train(method: str, X: np.ndarray, data: RoutingDataset, *, seed: int = 0, **
             W[:, j] = clf.coef_[0]
             b[j] = clf.intercept_[0]
         return LearnedRouter("logistic", data.models, mean_cost, {"W": W, "b": b}, {"C": C})
+    if method == "ensemble":
+        knn = train("knn", X, data, seed=seed, **{k: v for k, v in params.items() if k in ("k", "shrink", "power")})
+        logistic = train("logistic", X, data, seed=seed, **{k: v for k, v in params.items() if k == "C"})
+        return LearnedRouter("ensemble", data.models, mean_cost, {**knn.arrays, **logistic.arrays}, {**knn.params, **logistic.params})
     if method == "mlp":
         from sklearn.neural_network import MLPClassifier
 
@@ -80,17 +86,25 @@ class Point:
         return {"cost": self.cost, "accuracy": self.accuracy}
 
 
-def router_points(router: LearnedRouter, X: np.ndarray, data: RoutingDataset) -> list[Point]:
-    """The router's (mean cost, mean quality) on ``data`` for every λ in the sweep."""
-    P = router.predict(X)
-    order = [router.models.index(m) for m in data.models]
-    P = P[:, order]
-    scale = float(router.mean_cost.max()) or 1.0
-    costs = router.mean_cost[order] / scale
+def router_points(P: np.ndarray, decision_cost: np.ndarray, data: RoutingDataset) -> list[Point]:
+    """(mean cost, mean quality) on ``data`` of every operating point the router offers.
+
+    ``P`` are the predicted success probabilities (n, m) and ``decision_cost`` the
+    costs the router believes in (its training means, (m,) or (n, m)). Two sweeps,
+    as the gateway can run either: λ in ``p − λ·cost/max_cost`` (``cost_weight``), and
+    the quality target (``quality_target``: the cheapest model predicted to reach it).
+    """
+    C = np.broadcast_to(decision_cost, P.shape)
+    scaled = C / (C.max(axis=1, keepdims=True) + 1e-30)
     rows = np.arange(len(data))
     points = []
     for lam in LAMBDAS:
-        pick = np.argmax(P - lam * costs[None, :], axis=1)
+        pick = np.argmax(P - lam * scaled, axis=1)
+        points.append(Point(float(data.cost[rows, pick].mean()), float(data.quality[rows, pick].mean())))
+    best = np.argmax(P, axis=1)
+    for target in TARGETS:
+        masked = np.where(P >= target, C, np.inf)
+        pick = np.where(np.isfinite(masked.min(axis=1)), masked.argmin(axis=1), best)
         points.append(Point(float(data.cost[rows, pick].mean()), float(data.quality[rows, pick].mean())))
     return points
 
@@ -137,8 +151,22 @@ def aiq(curve: list[Point], lo: float, hi: float, steps: int = 400) -> float:
     return float(np.mean([accuracy_at(curve, c) for c in grid]))
 
 
+def aligned(router: LearnedRouter, X: np.ndarray, data: RoutingDataset) -> tuple[np.ndarray, np.ndarray]:
+    """The router's predictions and believed costs, columns in the dataset's model order."""
+    order = [router.models.index(m) for m in data.models]
+    return router.predict(X)[:, order], router.mean_cost[order]
+
+
 def evaluate(router: LearnedRouter, X: np.ndarray, data: RoutingDataset, seed: int = 0) -> dict[str, Any]:
-    """Everything ``router eval`` reports for one dataset (router fitted elsewhere)."""
+    """Everything ``router eval`` reports for one dataset, for a router fitted elsewhere."""
+    P, cost = aligned(router, X, data)
+    return evaluate_predictions(P, cost, data, router.method, seed=seed)
+
+
+def evaluate_predictions(
+    P: np.ndarray, decision_cost: np.ndarray, data: RoutingDataset, method: str, seed: int = 0
+) -> dict[str, Any]:
+    """The report for predictions ``P`` (n, m) on ``data`` (held-out predictions for a fair score)."""
     singles = [
         {"model": m, "cost": float(data.cost[:, j].mean()), "accuracy": float(data.quality[:, j].mean())}
         for j, m in enumerate(data.models)
@@ -159,7 +187,7 @@ def evaluate(router: LearnedRouter, X: np.ndarray, data: RoutingDataset, seed: i
     random_line = [Point(cheapest["cost"], cheapest["accuracy"]), Point(best["cost"], best["accuracy"])]
     zero_router = envelope([Point(s["cost"], s["accuracy"]) for s in singles])
 
-    raw = router_points(router, X, data)
+    raw = router_points(P, decision_cost, data)
     curve = envelope(raw + [Point(cheapest["cost"], cheapest["accuracy"])])
     lo, hi = cheapest["cost"], max(s["cost"] for s in singles)
     # dominance over random routing on the interior of [cheapest, best single]
@@ -171,7 +199,7 @@ def evaluate(router: LearnedRouter, X: np.ndarray, data: RoutingDataset, seed: i
     report: dict[str, Any] = {
         "dataset": data.name,
         "n": len(data),
-        "method": router.method,
+        "method": method,
         "curve": [p.as_dict() for p in curve],
         "points": [p.as_dict() for p in raw],
         "best_single": best,
@@ -191,7 +219,7 @@ def evaluate(router: LearnedRouter, X: np.ndarray, data: RoutingDataset, seed: i
     if reach is not None:
         report["cost_ratio_at_97pct_best"] = report["cost_at_97pct_best"] / best["cost"]
     if len(data.models) == 2:
-        report.update(two_model_metrics(router, X, data))
+        report.update(two_model_metrics(P, data))
     return report
 
 
@@ -204,12 +232,11 @@ def _cost_reaching(curve: list[Point], target: float) -> float:
     return curve[0].cost if curve[0].accuracy >= target else curve[-1].cost
 
 
-def two_model_metrics(router: LearnedRouter, X: np.ndarray, data: RoutingDataset) -> dict[str, Any]:
+def two_model_metrics(P: np.ndarray, data: RoutingDataset) -> dict[str, Any]:
     """RouteLLM's metrics: APGR and the share of calls to the strong model needed for 50 %/80 % of the gap."""
     costs = data.cost.mean(axis=0)
     strong = int(np.argmax(costs))
     weak = 1 - strong
-    P = router.predict(X)[:, [router.models.index(m) for m in data.models]]
     # the more the strong model is predicted to beat the weak one, the sooner a prompt goes to it
     score = P[:, strong] - P[:, weak]
     order = np.argsort(-score, kind="stable")
@@ -238,13 +265,31 @@ def two_model_metrics(router: LearnedRouter, X: np.ndarray, data: RoutingDataset
     }
 
 
-def cross_validate(method: str, X: np.ndarray, data: RoutingDataset, *, test_fraction: float = 0.3, seed: int = 0, **params: Any) -> dict[str, Any]:
-    """Train on one part, evaluate on the rest (a seeded split)."""
+def cross_validate(
+    method: str, X: np.ndarray, data: RoutingDataset, *, folds: int = 5, seed: int = 0, **params: Any
+) -> dict[str, Any]:
+    """K-fold cross-validation: every prompt is scored by a router that never saw it.
+
+    The folds' held-out predictions are pooled into one curve (more stable than
+    one small test split). ``folds=1`` means a single 70/30 split instead.
+    """
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(data))
-    cut = int(round(len(data) * (1 - test_fraction)))
-    tr, te = np.sort(order[:cut]), np.sort(order[cut:])
-    router = train(method, X[tr], data.subset(tr), seed=seed, **params)
-    report = evaluate(router, X[te], data.subset(te), seed=seed)
-    report["train_n"] = len(tr)
+    if folds <= 1:
+        cut = int(round(len(data) * 0.7))
+        parts = [order[cut:]]
+    else:
+        parts = np.array_split(order, folds)
+    P = np.zeros((len(data), len(data.models)))
+    C = np.zeros_like(P)
+    tested = np.zeros(len(data), dtype=bool)
+    for part in parts:
+        test = np.sort(part)
+        train_idx = np.setdiff1d(np.arange(len(data)), test)
+        router = train(method, X[train_idx], data.subset(train_idx), seed=seed, **params)
+        P[test], C[test] = aligned(router, X[test], data.subset(test))
+        tested[test] = True
+    idx = np.nonzero(tested)[0]
+    report = evaluate_predictions(P[idx], C[idx], data.subset(idx), method, seed=seed)
+    report["folds"] = folds
     return report
