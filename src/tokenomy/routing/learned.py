@@ -34,6 +34,9 @@ class LearnedRouter:
     mean_cost: np.ndarray  # (m,) USD per query, from training data
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    #: mean success rate of each model in training: when no model is predicted to reach
+    #: the quality target, the router falls back to the strongest model on record
+    mean_quality: np.ndarray | None = None
 
     # -- prediction ---------------------------------------------------------------------
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -83,7 +86,8 @@ class LearnedRouter:
             ok = [c for c in cand if p[c] >= quality_target]
             if ok:
                 return min(ok, key=lambda c: self.mean_cost[c])
-            return max(cand, key=lambda c: p[c])
+            strength = self.mean_quality if self.mean_quality is not None else p
+            return max(cand, key=lambda c: strength[c])
         scale = float(costs.max()) or 1.0
         scores = p[cand] - cost_weight * costs / scale
         return cand[int(np.argmax(scores))]
@@ -99,6 +103,7 @@ class LearnedRouter:
             "method": self.method,
             "models": self.models,
             "mean_cost": [float(c) for c in self.mean_cost],
+            "mean_quality": None if self.mean_quality is None else [float(q) for q in self.mean_quality],
             "params": self.params,
         }
         arrays = {f"a_{k}": v for k, v in self.arrays.items()}
@@ -112,7 +117,15 @@ class LearnedRouter:
             if header.get("format") != FORMAT:
                 raise ValueError(f"{path}: not a tokenomy router file")
             arrays = {k[2:]: data[k].astype(np.float32) for k in data.files if k.startswith("a_")}
-        return cls(header["method"], header["models"], np.array(header["mean_cost"]), arrays, header.get("params", {}))
+        quality = header.get("mean_quality")
+        return cls(
+            header["method"],
+            header["models"],
+            np.array(header["mean_cost"]),
+            arrays,
+            header.get("params", {}),
+            None if quality is None else np.array(quality),
+        )
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

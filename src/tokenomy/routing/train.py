@@ -25,6 +25,12 @@ TARGETS = np.linspace(0.0, 1.0, 101)
 
 def train(method: str, X: np.ndarray, data: RoutingDataset, *, seed: int = 0, **params: Any) -> LearnedRouter:
     """Fit a router on embeddings ``X`` (n, d) and the dataset's per-model quality and cost."""
+    router = _fit(method, X, data, seed=seed, **params)
+    router.mean_quality = data.quality.mean(axis=0)
+    return router
+
+
+def _fit(method: str, X: np.ndarray, data: RoutingDataset, *, seed: int = 0, **params: Any) -> LearnedRouter:
     Y = data.quality.astype(np.float32)
     mean_cost = data.cost.mean(axis=0)
     prior = Y.mean(axis=0)
@@ -86,7 +92,9 @@ class Point:
         return {"cost": self.cost, "accuracy": self.accuracy}
 
 
-def router_points(P: np.ndarray, decision_cost: np.ndarray, data: RoutingDataset) -> list[Point]:
+def router_points(
+    P: np.ndarray, decision_cost: np.ndarray, data: RoutingDataset, strength: np.ndarray | None = None
+) -> list[Point]:
     """(mean cost, mean quality) on ``data`` of every operating point the router offers.
 
     ``P`` are the predicted success probabilities (n, m) and ``decision_cost`` the
@@ -101,7 +109,10 @@ def router_points(P: np.ndarray, decision_cost: np.ndarray, data: RoutingDataset
     for lam in LAMBDAS:
         pick = np.argmax(P - lam * scaled, axis=1)
         points.append(Point(float(data.cost[rows, pick].mean()), float(data.quality[rows, pick].mean())))
-    best = np.argmax(P, axis=1)
+    if strength is None:
+        best = np.argmax(P, axis=1)
+    else:  # nothing reaches the target: the strongest model on record
+        best = np.argmax(np.broadcast_to(strength, P.shape), axis=1)
     for target in TARGETS:
         masked = np.where(P >= target, C, np.inf)
         pick = np.where(np.isfinite(masked.min(axis=1)), masked.argmin(axis=1), best)
@@ -151,20 +162,26 @@ def aiq(curve: list[Point], lo: float, hi: float, steps: int = 400) -> float:
     return float(np.mean([accuracy_at(curve, c) for c in grid]))
 
 
-def aligned(router: LearnedRouter, X: np.ndarray, data: RoutingDataset) -> tuple[np.ndarray, np.ndarray]:
-    """The router's predictions and believed costs, columns in the dataset's model order."""
+def aligned(router: LearnedRouter, X: np.ndarray, data: RoutingDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The router's predictions, believed costs and model strengths, in the dataset's model order."""
     order = [router.models.index(m) for m in data.models]
-    return router.predict(X)[:, order], router.mean_cost[order]
+    strength = router.mean_quality[order] if router.mean_quality is not None else router.predict(X).mean(axis=0)[order]
+    return router.predict(X)[:, order], router.mean_cost[order], strength
 
 
 def evaluate(router: LearnedRouter, X: np.ndarray, data: RoutingDataset, seed: int = 0) -> dict[str, Any]:
     """Everything ``router eval`` reports for one dataset, for a router fitted elsewhere."""
-    P, cost = aligned(router, X, data)
-    return evaluate_predictions(P, cost, data, router.method, seed=seed)
+    P, cost, strength = aligned(router, X, data)
+    return evaluate_predictions(P, cost, data, router.method, seed=seed, strength=strength)
 
 
 def evaluate_predictions(
-    P: np.ndarray, decision_cost: np.ndarray, data: RoutingDataset, method: str, seed: int = 0
+    P: np.ndarray,
+    decision_cost: np.ndarray,
+    data: RoutingDataset,
+    method: str,
+    seed: int = 0,
+    strength: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The report for predictions ``P`` (n, m) on ``data`` (held-out predictions for a fair score)."""
     singles = [
@@ -187,7 +204,7 @@ def evaluate_predictions(
     random_line = [Point(cheapest["cost"], cheapest["accuracy"]), Point(best["cost"], best["accuracy"])]
     zero_router = envelope([Point(s["cost"], s["accuracy"]) for s in singles])
 
-    raw = router_points(P, decision_cost, data)
+    raw = router_points(P, decision_cost, data, strength)
     curve = envelope(raw + [Point(cheapest["cost"], cheapest["accuracy"])])
     lo, hi = cheapest["cost"], max(s["cost"] for s in singles)
     # dominance over random routing on the interior of [cheapest, best single]
@@ -282,14 +299,15 @@ def cross_validate(
         parts = np.array_split(order, folds)
     P = np.zeros((len(data), len(data.models)))
     C = np.zeros_like(P)
+    S = np.zeros_like(P)
     tested = np.zeros(len(data), dtype=bool)
     for part in parts:
         test = np.sort(part)
         train_idx = np.setdiff1d(np.arange(len(data)), test)
         router = train(method, X[train_idx], data.subset(train_idx), seed=seed, **params)
-        P[test], C[test] = aligned(router, X[test], data.subset(test))
+        P[test], C[test], S[test] = aligned(router, X[test], data.subset(test))
         tested[test] = True
     idx = np.nonzero(tested)[0]
-    report = evaluate_predictions(P[idx], C[idx], data.subset(idx), method, seed=seed)
+    report = evaluate_predictions(P[idx], C[idx], data.subset(idx), method, seed=seed, strength=S[idx])
     report["folds"] = folds
     return report
