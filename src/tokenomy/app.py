@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-# TEMP from tokenomy.api import anthropic as anthropic_api
+from tokenomy.api import anthropic as anthropic_api
 from tokenomy.api import health
 from tokenomy.api import openai as openai_api
+from tokenomy.api.router import GatewayASGI
 from tokenomy.config import Settings
 from tokenomy.models import ModelRegistry
 from tokenomy.pipeline.identify import IdentifyStage
@@ -144,7 +145,7 @@ def _embedder(settings: Settings):  # -> MiniLMEmbedder | None
     return MiniLMEmbedder()
 
 
-def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
+def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASGI:
     gateway = gateway or build_gateway(settings)
 
     @contextlib.asynccontextmanager
@@ -159,7 +160,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
-        # TEMP Route("/v1/messages", anthropic_api.messages, methods=["POST"]),
+        Route("/v1/messages", anthropic_api.messages, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
     ]
@@ -169,10 +170,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         exception_handlers=health.EXCEPTION_HANDLERS,
     )
     app.state.gateway = gateway
-    return app
+    hot = {route.path: route.endpoint for route in routes if route.methods and "POST" in route.methods}
+    return GatewayASGI(app, hot)
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> GatewayASGI:
     """Factory for ``uvicorn --factory`` (one call per worker process): config from ``TOKENOMY_CONFIG``."""
     from tokenomy.config import load_settings
 

@@ -125,10 +125,14 @@ def prices(
     from tokenomy.pricing.prices_command import render_prices
 
     settings = settings_or_exit(config)
-    catalog = PriceCatalog.load_default()
-    if settings.prices:
-        catalog = catalog.with_overrides(settings.prices)
-    typer.echo(render_prices(catalog, pattern, fmt))
+    try:
+        catalog = PriceCatalog.load_default()
+        if settings.prices:
+            catalog = catalog.with_overrides(settings.prices)
+        typer.echo(render_prices(catalog, pattern, fmt))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -144,7 +148,7 @@ def spend(
     settings = settings_or_exit(config)
     try:
         typer.echo(asyncio.run(spend_command(settings.ledger, by, since, fmt)))
-    except ValueError as exc:
+    except (ValueError, ConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
