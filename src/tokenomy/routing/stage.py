@@ -201,9 +201,9 @@ class RouteStage(Stage):
             self.registry.resolve(model)
         return list(models)
 
-    def chain(self, models: list[str]) -> tuple[Target, ...]:
+    def chain(self, models: list[str], kind: str = "chat") -> tuple[Target, ...]:
         """Deployments of ``models`` in order, each model's cheapest first, then their fallbacks."""
-        key = "\x00".join(models)
+        key = kind + "\x00" + "\x00".join(models)
         cached = self._chains.get(key)
         if cached is not None and self.latency is None:
             return cached
@@ -214,7 +214,7 @@ class RouteStage(Stage):
             if model in seen:
                 return
             seen.add(model)
-            entry = self.registry.resolve(model)
+            entry = self.registry.resolve(model, kind)
             targets = list(entry.targets)
             if self.latency is not None:
                 ms = self.latency.ms
@@ -250,7 +250,7 @@ class RouteStage(Stage):
         router = self._router_for(call)
         if router is None:
             if call.targets:
-                call.targets = self.chain([call.targets[0].deployment.name])
+                call.targets = self.chain([call.targets[0].deployment.name], call.kind)
             reply = await next(call)
             if call.model_served and call.targets and call.model_served != call.targets[0].deployment.name:
                 call.route = describe(f"fallback -> {call.model_served} (asked {call.model_asked})")

@@ -100,6 +100,8 @@ LEDGER = sa.Table(
     sa.Column("upstream_ms", sa.Float(), nullable=True),
     sa.Column("stage_ms", sa.JSON(), nullable=False),
     sa.Column("cost_items", sa.JSON(), nullable=False),
+    # the routing decision and its reason (revision 0002_route)
+    sa.Column("route", sa.String(), nullable=True),
     sa.UniqueConstraint("request_id", name="uq_ledger_request_id"),
     sa.Index("ix_ledger_created_at", "created_at"),
     *(
