@@ -196,3 +196,24 @@ async def test_cheapest_healthy_deployment_first() -> None:
     rig = make_rig([model("m", sim("dear", "gpt-4o"), sim("cheap", "gpt-4o-mini"))])
     call, body = await rig.chat("m")
     assert body["model"] == "cheap"
+
+
+async def test_latency_aware_ordering_breaks_price_ties() -> None:
+    from tokenomy.models import ModelRegistry
+    from tokenomy.pricing.catalog import PriceCatalog
+    from tokenomy.routing.fallback import LatencyBoard
+    from tokenomy.routing.health import deployment_key
+    from tokenomy.routing.stage import RouteStage
+    from tokenomy.config import load_settings
+
+    settings = load_settings(None, models=[model("m", sim("a"), sim("b"), sim("dear", "gpt-4o"))])
+    registry = ModelRegistry.from_settings(settings, PriceCatalog.load_default())
+    board = LatencyBoard()
+    stage = RouteStage(registry, settings.routing, latency=board)
+    a, b, dear = registry.resolve("m").targets
+    board.observe(deployment_key(a.deployment), 80.0)
+    board.observe(deployment_key(b.deployment), 20.0)
+    assert [t.deployment.upstream_model for t in stage.chain(["m"])] == ["b", "a", "dear"]
+    board.observe(deployment_key(b.deployment), 500.0)
+    board.observe(deployment_key(b.deployment), 500.0)
+    assert [t.deployment.upstream_model for t in stage.chain(["m"])][0] == "a"

@@ -56,7 +56,7 @@ def test_embedder_vectors(embedder: MiniLMEmbedder) -> None:
     assert float(x @ y) < 0.95
 
 
-@pytest.mark.parametrize("method", ["knn", "logistic", "mlp"])
+@pytest.mark.parametrize("method", ["knn", "logistic", "mlp", "mf", "ensemble"])
 def test_methods_learn_who_is_good_at_what(embedder: MiniLMEmbedder, method: str, tmp_path: Path) -> None:
     data = toy_dataset()
     X = embedder.embed_batch(data.prompts)

@@ -8,6 +8,7 @@ and the method's arrays; loading needs numpy only. Methods:
   similarity and shrunk toward each model's overall success rate;
 - ``logistic``: one logistic head per model on the embedding;
 - ``mlp``: one small shared hidden layer, one sigmoid output per model;
+- ``mf``: matrix factorisation (RouteLLM-style): ``σ(v_model · A·x + b_model)``;
 - ``ensemble``: the mean of the kNN and logistic predictions.
 
 ``choose`` picks the cheapest candidate whose predicted success reaches a
@@ -48,6 +49,8 @@ class LearnedRouter:
             out = self._knn(X)
         elif self.method == "logistic":
             out = _sigmoid(X @ self.arrays["W"] + self.arrays["b"])
+        elif self.method == "mf":
+            out = _sigmoid((X @ self.arrays["A"]) @ self.arrays["V"].T + self.arrays["b"])
         elif self.method == "ensemble":
             out = 0.5 * (self._knn(X) + _sigmoid(X @ self.arrays["W"] + self.arrays["b"]))
         elif self.method == "mlp":

@@ -58,7 +58,7 @@ def _load(paths: list[Path]):
 def train_command(
     data: list[Path] = typer.Option(..., "--data", help="RouterBench CSV, RouteLLM CSV/judgements, or feedback JSONL (repeatable; same models)."),
     out: Path = typer.Option(..., "--out", help="Router file to write."),
-    method: str = typer.Option("logistic", "--method", help="knn, logistic, mlp or ensemble."),
+    method: str = typer.Option("logistic", "--method", help="knn, logistic, mlp, mf or ensemble."),
     cache: Optional[Path] = typer.Option(DEFAULT_CACHE, "--embeddings-cache", help="Directory caching prompt embeddings."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -93,7 +93,7 @@ def train_command(
 def eval_command(
     data: list[Path] = typer.Option(..., "--data", help="Dataset file(s) to evaluate on (repeatable)."),
     router: Optional[Path] = typer.Option(None, "--router", help="Router file to score (default: train/test split)."),
-    method: str = typer.Option("logistic", "--method", help="knn, logistic, mlp, ensemble, or all (split mode)."),
+    method: str = typer.Option("logistic", "--method", help="knn, logistic, mlp, mf, ensemble; several comma-separated, or all."),
     folds: int = typer.Option(5, "--folds", min=1, help="Cross-validation folds (1: one 70/30 split)."),
     seed: int = typer.Option(0, "--seed"),
     cache: Optional[Path] = typer.Option(DEFAULT_CACHE, "--embeddings-cache"),
@@ -103,7 +103,7 @@ def eval_command(
     from tokenomy.routing.learned import LearnedRouter
     from tokenomy.routing.train import METHODS, cross_validate, evaluate
 
-    methods = list(METHODS) if method == "all" else [method]
+    methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
     if any(m not in METHODS for m in methods):
         typer.echo(f"error: --method must be one of {', '.join(METHODS)} or all", err=True)
         raise typer.Exit(2)

@@ -8,6 +8,7 @@ cost–quality curve and compares it with single models, random routing, the
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 from tokenomy.routing.datasets import RoutingDataset
 from tokenomy.routing.learned import LearnedRouter
 
-METHODS = ("knn", "logistic", "mlp", "ensemble")
+METHODS = ("knn", "logistic", "mlp", "mf", "ensemble")
 #: λ values swept to trace a curve (0 = quality only … large = cost only).
 LAMBDAS = np.concatenate([[0.0], np.logspace(-3, 1.5, 60)])
 #: quality targets swept (the cheapest model predicted to reach the target is chosen)
@@ -54,6 +55,9 @@ def _fit(method: str, X: np.ndarray, data: RoutingDataset, *, seed: int = 0, **p
             W[:, j] = clf.coef_[0]
             b[j] = clf.intercept_[0]
         return LearnedRouter("logistic", data.models, mean_cost, {"W": W, "b": b}, {"C": C})
+    if method == "mf":
+        A, V, b = _matrix_factorization(X, Y, seed=seed, **params)
+        return LearnedRouter("mf", data.models, mean_cost, {"A": A, "V": V, "b": b}, {k: params[k] for k in params})
     if method == "ensemble":
         knn = train("knn", X, data, seed=seed, **{k: v for k, v in params.items() if k in ("k", "shrink", "power")})
         logistic = train("logistic", X, data, seed=seed, **{k: v for k, v in params.items() if k == "C"})
@@ -71,7 +75,9 @@ def _fit(method: str, X: np.ndarray, data: RoutingDataset, *, seed: int = 0, **p
         clf = MLPClassifier(
             hidden_layer_sizes=(hidden,), alpha=alpha, max_iter=400, early_stopping=False, random_state=seed
         )
-        clf.fit(X, targets)
+        with warnings.catch_warnings():  # not converging in 400 epochs is fine: more overfits
+            warnings.simplefilter("ignore", category=UserWarning)
+            clf.fit(X, targets)
         arrays = {
             "W1": clf.coefs_[0].astype(np.float32),
             "b1": clf.intercepts_[0].astype(np.float32),
@@ -80,6 +86,42 @@ def _fit(method: str, X: np.ndarray, data: RoutingDataset, *, seed: int = 0, **p
         }
         return LearnedRouter("mlp", data.models, mean_cost, arrays, {"hidden": hidden, "alpha": alpha})
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def _matrix_factorization(
+    X: np.ndarray, Y: np.ndarray, *, seed: int = 0, rank: int = 8, l2: float = 1e-2, epochs: int = 300, lr: float = 0.01, **_: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RouteLLM-style matrix factorisation: ``p(model m solves x) = σ(v_m · (A x) + b_m)``.
+
+    Prompts are projected to a small latent space shared by all models; each model is a
+    vector in it. Fitted with full-batch Adam on the cross-entropy (Y may be fractional).
+    """
+    rng = np.random.default_rng(seed)
+    n, d = X.shape
+    m = Y.shape[1]
+    rank = int(rank)
+    A = (rng.normal(size=(d, rank)) / np.sqrt(d)).astype(np.float64)
+    V = (rng.normal(size=(m, rank)) * 0.1).astype(np.float64)
+    prior = np.clip(Y.mean(axis=0), 1e-3, 1 - 1e-3)
+    b = np.log(prior / (1 - prior))
+    params = [A, V, b]
+    moments = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    Xd = X.astype(np.float64)
+    for step in range(1, int(epochs) + 1):
+        Z = Xd @ A  # (n, r)
+        logits = Z @ V.T + b
+        P = 1.0 / (1.0 + np.exp(-logits))
+        G = (P - Y) / n  # dLoss/dlogits
+        grads = [Xd.T @ (G @ V) + l2 * A, G.T @ Z + l2 * V, G.sum(axis=0)]
+        for i, (param, grad) in enumerate(zip(params, grads)):
+            m1, m2 = moments[i]
+            m1 *= beta1
+            m1 += (1 - beta1) * grad
+            m2 *= beta2
+            m2 += (1 - beta2) * grad * grad
+            param -= lr * (m1 / (1 - beta1**step)) / (np.sqrt(m2 / (1 - beta2**step)) + eps)
+    return A.astype(np.float32), V.astype(np.float32), b.astype(np.float32)
 
 
 # -- curves and metrics ---------------------------------------------------------------------
