@@ -83,7 +83,7 @@ def _strip_fence(text: str) -> str:
 
 async def _judge(stage: ResilientExecuteStage, call: Call, judge: str, answer: str) -> bool:
     """Ask the judge model; its cost goes into the call's trace as a ``judge`` item."""
-    from tokenomy.routing.embedder import last_user_text
+    from tokenomy.routing.prompt import last_user_text
 
     body = {
         "model": judge,

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from tokenomy.routing.prompt import last_user_text
+
 MODEL_NAME = "all-MiniLM-L6-v2-onnx-int8"
 DIMENSION = 384
 MAX_TOKENS = 256
@@ -138,18 +140,6 @@ def _default_tokenizer_path() -> Path | None:
     except (ImportError, ModuleNotFoundError):
         return None
     return path if path.exists() else None
-
-
-def last_user_text(body: dict[str, Any]) -> str:
-    """The text the router and the semantic cache embed: the last user message."""
-    for message in reversed(body.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
 
 
 async def call_embedding(call: Any, embedder: MiniLMEmbedder) -> np.ndarray:

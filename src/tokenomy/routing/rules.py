@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenomy.pipeline.call import Call
-from tokenomy.routing.embedder import last_user_text
+from tokenomy.routing.prompt import last_user_text
 from tokenomy.routing.settings import RuleCondition, RuleSettings
 
 CHARS_PER_TOKEN = 4
