@@ -5,7 +5,7 @@ prediction and choice, building the deployment chain, the route header — with
 an executor stub behind it, for:
 
 - ``rules``: a rule router with 8 rules (identity, length, code, keywords, regex…);
-- ``learned-knn`` / ``learned-logistic`` / ``learned-ensemble``: a router over 11 models
+- ``learned-knn`` / ``-logistic`` / ``-mf`` / ``-ensemble``: a router over 11 models
   trained on 1,000 prompts (random unit vectors stand in for embeddings: the
   cost does not depend on their values), with the embedding already on the Call;
 - ``cascade``: the cascade plan for a 3-model cascade;
@@ -59,7 +59,7 @@ def settings(router_file: Path):
         {"name": "eval", "when": {"tags": ["eval"]}, "tier": "strong"},
     ]
     routers = [{"name": "auto", "strategy": "rules", "default_tier": "cheap", "rules": rules}]
-    for method in ("knn", "logistic", "ensemble"):
+    for method in ("knn", "logistic", "mf", "ensemble"):
         routers.append(
             {"name": f"learned-{method}", "strategy": "learned", "learned": {"path": str(router_file.with_suffix(f".{method}.npz")), "cost_weight": 0.5}}
         )
@@ -117,7 +117,7 @@ async def main() -> int:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "router"
-        for method in ("knn", "logistic", "ensemble"):
+        for method in ("knn", "logistic", "mf", "ensemble"):
             train(method, X, data).save(base.with_suffix(f".{method}.npz"))
         s = settings(base)
         stage = RouteStage(ModelRegistry.from_settings(s, PriceCatalog.load_default()), s.routing, embedder=object())
@@ -127,6 +127,7 @@ async def main() -> int:
             ("rules", "auto", None),
             ("learned-knn", "learned-knn", vector),
             ("learned-logistic", "learned-logistic", vector),
+            ("learned-mf", "learned-mf", vector),
             ("learned-ensemble", "learned-ensemble", vector),
             ("cascade", "cascade", None),
         ]:
