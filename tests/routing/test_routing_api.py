@@ -40,6 +40,8 @@ def test_route_headers_and_ledger(start_gateway: Callable[..., GatewayServer]) -
         assert "[DONE]" in body
         r = client.post("/chat/completions", json={"model": "sim-mini", "messages": [{"role": "user", "content": "hi"}]})
         assert "x-tokenomy-route" not in r.headers
+        listed = {m["id"]: m["owned_by"] for m in client.get("/models").json()["data"]}
+        assert listed["auto"] == "tokenomy-router" and "sim-mini" in listed
     server.flush_ledger()
     rows = server.run_coro(server.gateway.ledger.fetch())
     assert len(rows) == 3 and sum(1 for row in rows if row.route is None) == 1
