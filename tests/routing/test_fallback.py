@@ -171,7 +171,6 @@ async def test_stream_fails_over_before_first_chunk_and_is_charged_once() -> Non
 
 async def test_stream_cut_mid_way_is_charged_for_what_streamed_not_replayed() -> None:
     rig = make_rig([model("m", sim("cut", cut_stream_after=2)), model("other", OK)], routing={"fallbacks": {"m": ["other"]}})
-    call = None
     with pytest.raises(UpstreamError):
         await rig.chat("m", stream=True)
     row = rig.rows[-1]

@@ -7,7 +7,6 @@ import uuid
 
 import pytest
 
-from tokenomy.errors import UpstreamError
 from tokenomy.routing.health import MemoryHealth, RedisHealth
 from tests.routing.pipeline import make_rig, model, sim
 

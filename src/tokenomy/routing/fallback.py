@@ -158,11 +158,13 @@ class ResilientExecuteStage(ExecuteStage):
                     kind = classify(err)
                     self._failed(call, target, err)
                     if kind == "client":
-                        raise self._stamp(err, call)
+                        self._stamp(err, call)
+                        raise
                     if kind in ("context", "policy"):
                         replacement = self._replacement(kind, target, chain[index:])
                         if not replacement:
-                            raise self._stamp(err, call)
+                            self._stamp(err, call)
+                            raise
                         chain = chain[:index] + replacement
                         cooling |= await self.health.open_keys(deployment_key(t.deployment) for t in replacement)
                         break
