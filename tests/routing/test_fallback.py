@@ -124,10 +124,15 @@ async def test_content_policy_fallback_or_400() -> None:
     call, _ = await rig.chat("strict", "a forbidden topic")
     assert call.model_served == "lenient"
     assert [a[2] for a in attempts(call)] == ["content_policy_violation", "ok"]
-    bare = make_rig([model("strict", sim("strict", blocked_words=["forbidden"]))])
+    bare = make_rig([model("strict", sim("strict", blocked_words=["forbidden"])), model("other", OK)], routing={"fallbacks": {"strict": ["other"]}})
     with pytest.raises(ContentPolicyViolation):
-        await bare.chat("strict", "a forbidden topic")
-    assert bare.sleep.waits == []
+        await bare.chat("strict", "a forbidden topic")  # ordinary fallbacks do not take policy refusals
+    assert bare.sleep.waits == [] and len(bare.rows[-1].cost_items) == 1
+    # another deployment of the same model (another provider's filter) is tried first
+    two = make_rig([model("m", sim("strict", blocked_words=["forbidden"]), sim("other-provider", "gpt-4o"))])
+    call, body = await two.chat("m", "a forbidden topic")
+    assert body["model"] == "other-provider"
+    assert [a[2] for a in attempts(call)] == ["content_policy_violation", "ok"]
 
 
 async def test_circuit_opens_after_failures_and_503_when_all_cool() -> None:

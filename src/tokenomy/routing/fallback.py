@@ -16,7 +16,9 @@ malformed answer            backoff with jitter), counting toward its circuit br
 context window exceeded     skip the remaining deployments of that model; go to
                             ``context_fallbacks[model]``, else to the later models in the chain
                             whose catalog context window is larger; else answer the 400
-content policy              go to ``content_policy_fallbacks[model]``; else answer the 400
+content policy              no retry; try the model's other deployments (another provider's
+                            filter may differ), then ``content_policy_fallbacks[model]``;
+                            else answer the 400
 other 4xx (the client's)    answer at once: retrying cannot help
 all exhausted / deadline    answer the last error (its status and envelope); if every
                             deployment was cooling down: 503 ``service_unavailable``
@@ -214,8 +216,12 @@ class ResilientExecuteStage(ExecuteStage):
         configured = (
             self.routing.context_fallbacks if kind == "context" else self.routing.content_policy_fallbacks
         ).get(model)
-        if configured:
-            return [t for name in configured for t in self.registry.resolve(name).targets]
+        extra = [t for name in configured or () for t in self.registry.resolve(name).targets]
+        if kind == "policy":
+            # another deployment of the same model (another provider) may filter differently
+            return [t for t in rest if t.deployment.name == model] + extra
+        if extra:
+            return extra
         if kind == "context":
             window = target.price.context_window if target.price else None
             if window is not None:
