@@ -36,16 +36,20 @@ def is_system(message: Any) -> bool:
 
 
 def split_turns(messages: Sequence[Any]) -> list[Turn]:
-    """The turns of ``messages``, in order. Messages before the first user message form turn 0.
+    """The turns of ``messages``, in order. Messages before the first user message (the system
+    prompt, a greeting) belong to the first turn.
 
     System messages stay inside the turn they sit in (pruning keeps them anyway).
     """
     turns: list[Turn] = []
     start = 0
+    seen_user = False
     for i, message in enumerate(messages):
-        if i > start and isinstance(message, dict) and message.get("role") == "user":
-            turns.append(Turn(start, i))
-            start = i
+        if isinstance(message, dict) and message.get("role") == "user":
+            if seen_user:
+                turns.append(Turn(start, i))
+                start = i
+            seen_user = True
     if messages:
         turns.append(Turn(start, len(messages)))
     return turns
