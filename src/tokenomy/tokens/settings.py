@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -137,6 +137,14 @@ class TokensSettings(_Section):
     teams: dict[str, TokenPolicy] = Field(default_factory=dict)
     features: dict[str, TokenPolicy] = Field(default_factory=dict)
     keys: dict[str, TokenPolicy] = Field(default_factory=dict)
+
+    @field_validator("default", "teams", "features", "keys", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object, info: ValidationInfo) -> object:
+        # A YAML key whose body is all comments reads as null: take it as "nothing set".
+        if value is None:
+            return {}
+        return value
 
     @model_validator(mode="after")
     def _caps(self) -> TokensSettings:
