@@ -40,12 +40,12 @@ class PruningSettings(_Section):
     #: recent turns within ``budget_tokens``) or ``summarize`` (older turns replaced by a summary).
     strategy: Literal["none", "last_n", "budget", "summarize"] = "none"
     #: ``last_n``/``summarize``: turns kept verbatim at the end of the conversation.
-    keep_last_turns: int = Field(4, ge=1)
+    keep_last_turns: int = Field(3, ge=1)
     #: ``budget``: prompt tokens allowed for the messages (the last turn is always kept).
     budget_tokens: int = Field(8000, ge=1)
     #: ``summarize``: the summarized prefix grows in steps of this many turns, so one summary
     #: serves this many consecutive turns of a conversation (and the prompt prefix stays stable).
-    summarize_step: int = Field(4, ge=1)
+    summarize_step: int = Field(3, ge=1)
     #: ``summarize``: longest summary, in tokens.
     summary_max_tokens: int = Field(300, ge=16)
 
