@@ -51,10 +51,28 @@ Embed = Callable[[list[str]], Awaitable[list[list[float]]]]
 # -- normalizations -----------------------------------------------------------------------
 
 
+#: Texts already normalized: hash of (options, text) → the new text, or None when unchanged.
+#: Histories are resent every turn; this keeps their normalization to a lookup. FIFO-bounded.
+_NORMALIZED: dict[int, str | None] = {}
+_NORMALIZED_SIZE = 16_384
+
+
 def normalize_text(text: str, *, whitespace: bool, dedupe: bool, min_block_chars: int) -> str:
     """``text`` with the safe normalizations applied (code fences untouched)."""
     if not text:
         return text
+    key = hash((whitespace, dedupe, min_block_chars, text))
+    if key in _NORMALIZED:
+        done = _NORMALIZED[key]
+        return text if done is None else done
+    out = _normalize(text, whitespace, dedupe, min_block_chars)
+    _NORMALIZED[key] = None if out == text else out
+    if len(_NORMALIZED) > _NORMALIZED_SIZE:
+        del _NORMALIZED[next(iter(_NORMALIZED))]
+    return out
+
+
+def _normalize(text: str, whitespace: bool, dedupe: bool, min_block_chars: int) -> str:
     if "```" in text:
         pieces = _FENCE.split(text)
         seen: set[str] = set()

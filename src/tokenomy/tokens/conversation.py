@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenomy.tokens.counting import REPLY_PRIMING_TOKENS, count_messages, count_text
+from tokenomy.tokens.counting import REPLY_PRIMING_TOKENS, count_messages, count_text, encoding_name_for
 
 SYSTEM_ROLES = frozenset(("system", "developer"))
 
@@ -78,11 +78,43 @@ class PromptCount:
         return sum(self.per_message[start:end])
 
 
+class _CountMemo:
+    """Token counts of plain messages already seen, keyed by a hash of (encoding, role, content).
+
+    A chat client resends its whole history on every turn, so the same messages
+    are counted again and again; remembering their counts makes a 30-turn prompt
+    cost a few dictionary lookups instead of tokenizing it again. Keys are
+    Python's 64-bit string hash (no copy of the text is kept), so the memo stays
+    small; a collision could only misstate one message's count. FIFO-bounded.
+    """
+
+    def __init__(self, size: int = 65_536) -> None:
+        self.size = size
+        self._counts: dict[int, int] = {}
+
+    def count(self, message: dict[str, Any], model: str | None) -> int:
+        content = message.get("content")
+        if type(content) is not str or len(message) > 3 or message.get("tool_calls"):
+            return count_messages([message], model) - REPLY_PRIMING_TOKENS
+        key = hash((encoding_name_for(model), message.get("role"), content, message.get("tool_call_id")))
+        counts = self._counts
+        tokens = counts.get(key)
+        if tokens is None:
+            tokens = counts[key] = count_messages([message], model) - REPLY_PRIMING_TOKENS
+            if len(counts) > self.size:
+                del counts[next(iter(counts))]
+        return tokens
+
+
+# Process-wide on purpose, like the encodings: counts are pure functions of their key.
+_MEMO = _CountMemo()
+
+
 def message_tokens(message: Any, model: str | None) -> int:
     """Tokens one message adds to a prompt (framing included, reply priming not)."""
     if not isinstance(message, dict):
         return 0
-    return count_messages([message], model) - REPLY_PRIMING_TOKENS
+    return _MEMO.count(message, model)
 
 
 def tools_tokens(tools: list[Any] | None, model: str | None) -> int:
