@@ -240,10 +240,25 @@ async def trim_retrieved(
     return saved, len(drop)
 
 
+_SUFFIXES = ("ing", "ed", "es", "s")
+
+
+def _terms(text: str) -> list[str]:
+    """Lower-cased words with a light English suffix strip (refunds → refund, shipped → shipp)."""
+    out = []
+    for word in _WORD.findall(text.lower()):
+        for suffix in _SUFFIXES:
+            if len(word) > len(suffix) + 2 and word.endswith(suffix):
+                word = word[: -len(suffix)]
+                break
+        out.append(word)
+    return out
+
+
 def bm25_scores(query: str, documents: Sequence[str], k1: float = 1.2, b: float = 0.75) -> list[float]:
-    """Okapi BM25 score of each document for ``query`` (lower-cased word tokens)."""
-    docs = [_WORD.findall(d.lower()) for d in documents]
-    terms = set(_WORD.findall(query.lower()))
+    """Okapi BM25 score of each document for ``query``."""
+    docs = [_terms(d) for d in documents]
+    terms = set(_terms(query))
     if not docs or not terms:
         return [0.0] * len(documents)
     n = len(docs)
