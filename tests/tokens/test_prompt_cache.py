@@ -187,3 +187,34 @@ def test_openai_upstreams_get_no_cache_control_but_a_stable_cache_key(
     first, second = (r["body"] for r in fake_openai.requests[-2:])
     assert "cache_control" not in str(first)
     assert first["prompt_cache_key"] == second["prompt_cache_key"] and first["prompt_cache_key"].startswith("tkn-")
+
+
+def test_pruning_keeps_the_cached_prefix_stable(
+    start_gateway: Callable[..., GatewayServer], caching_upstream: FakeAnthropic
+) -> None:
+    """With summaries and breakpoints together, the system prompt is marked before the summary, so it is
+    read from the cache on every turn, also on the turns where the summary changes."""
+    server = start_gateway(
+        models=[claude(caching_upstream.base_url)],
+        tokens={
+            "summarizer_model": "sim-mini",
+            "default": {
+                "pruning": {"strategy": "summarize", "keep_last_turns": 2, "summarize_step": 2},
+                "prompt_caching": {},
+            },
+        },
+    )
+    sdk = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+    history: list[dict[str, Any]] = [{"role": "system", "content": words(1500)}]
+    for turn in range(8):
+        history.append({"role": "user", "content": f"question {turn} " + words(200, turn)})
+        answer = sdk.chat.completions.create(model="claude", messages=history, max_tokens=50)
+        history.append({"role": "assistant", "content": answer.choices[0].message.content})
+    bodies = [r["body"] for r in caching_upstream.requests]
+    summarized = [b for b in bodies if len(b["system"]) == 2]
+    assert len(summarized) >= 3
+    for body in summarized:
+        assert body["system"][0]["cache_control"] == {"type": "ephemeral"}  # the client's system prompt
+        assert "cache_control" not in body["system"][1] and body["system"][1]["text"].startswith("Summary")
+    for event in caching_upstream.cache_events[1:]:
+        assert event["read"] >= 1500  # never less than the system prompt

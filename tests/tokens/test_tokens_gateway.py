@@ -102,6 +102,7 @@ def test_prompt_versions_reach_the_ledger_and_spend_by_prompt(start_gateway: Cal
 def test_pruning_savings_are_in_the_response_the_ledger_and_spend(start_gateway: Callable[..., GatewayServer]) -> None:
     server = start_gateway(
         tokens={
+            "summarizer_model": "sim-mini",  # not `auto`: that would pick local-smollm2 where it is installed
             "features": {
                 "support": {
                     "pruning": {"strategy": "summarize", "keep_last_turns": 4, "summarize_step": 4},

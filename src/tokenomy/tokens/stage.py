@@ -267,6 +267,13 @@ def build_token_stage(
             raise ConfigError(f"tokens.summarizer_model: {err.message}") from err
         if summarizer is None:
             raise ConfigError("tokens.summarizer_model: no priced chat model to summarize with; name one")
+    for where, policy in settings._all():
+        relevance = policy.compression.retrieved_relevance if policy.compression is not None else "lexical"
+        if relevance != "lexical":
+            try:
+                registry.resolve(relevance, "embeddings")
+            except GatewayError as err:
+                raise ConfigError(f"{where}.compression.retrieved_relevance: {err.message}") from err
     return TokenPolicyStage(settings, summarizer=summarizer, registry=registry, providers=providers)
 
 
