@@ -148,7 +148,7 @@ class TokensSettings(_Section):
 
     @model_validator(mode="after")
     def _caps(self) -> TokensSettings:
-        for where, policy in self._all():
+        for where, policy in self.policies():
             if (
                 policy.default_max_tokens is not None
                 and policy.max_tokens_cap is not None
@@ -157,7 +157,8 @@ class TokensSettings(_Section):
                 raise ValueError(f"{where}: default_max_tokens is larger than max_tokens_cap")
         return self
 
-    def _all(self) -> list[tuple[str, TokenPolicy]]:
+    def policies(self) -> list[tuple[str, TokenPolicy]]:
+        """Every policy of the section with where it is configured (``tokens.teams.growth``)."""
         out = [("tokens.default", self.default)]
         for section in ("teams", "features", "keys"):
             out += [(f"tokens.{section}.{name}", p) for name, p in getattr(self, section).items()]

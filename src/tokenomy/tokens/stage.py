@@ -63,7 +63,7 @@ class TokenPolicyStage(Stage):
         self.registry = registry
         self.providers = providers or {}
         self._policies: dict[tuple[str | None, str | None, str | None], TokenPolicy | None] = {}
-        self._any_policy = settings.enabled and any(not p.is_noop for _, p in settings._all())
+        self._any_policy = settings.enabled and any(not p.is_noop for _, p in settings.policies())
 
     async def __call__(self, call: Call, next: Next) -> Reply:
         prompt = call.headers.get(PROMPT_HEADER)
@@ -211,7 +211,7 @@ class TokenPolicyStage(Stage):
                 return None  # a summary would not be shorter than what it replaces
             try:
                 summary = await self.summarizer.summary(
-                    messages, turns, cut, settings.summarize_step, settings.summary_max_tokens, _charger(call)
+                    messages, turns, cut, settings.summarize_step, settings.summary_max_tokens, call.trace.add
                 )
             except GatewayError as err:
                 log.warning("summary failed for %s (%s); sending the conversation unpruned", call.request_id, err)
@@ -254,7 +254,7 @@ def build_token_stage(
 ) -> TokenPolicyStage:
     """The stage for ``settings``, with a summarizer when a policy summarizes."""
     summarizer = None
-    if any(p.pruning is not None and p.pruning.strategy == "summarize" for _, p in settings._all()):
+    if any(p.pruning is not None and p.pruning.strategy == "summarize" for _, p in settings.policies()):
         try:
             summarizer = Summarizer.from_registry(
                 registry,
@@ -267,7 +267,7 @@ def build_token_stage(
             raise ConfigError(f"tokens.summarizer_model: {err.message}") from err
         if summarizer is None:
             raise ConfigError("tokens.summarizer_model: no priced chat model to summarize with; name one")
-    for where, policy in settings._all():
+    for where, policy in settings.policies():
         relevance = policy.compression.retrieved_relevance if policy.compression is not None else "lexical"
         if relevance != "lexical":
             try:
@@ -275,10 +275,6 @@ def build_token_stage(
             except GatewayError as err:
                 raise ConfigError(f"{where}.compression.retrieved_relevance: {err.message}") from err
     return TokenPolicyStage(settings, summarizer=summarizer, registry=registry, providers=providers)
-
-
-def _charger(call: Call) -> Callable[[CostItem], None]:
-    return call.trace.add
 
 
 def _is_summary(message: dict[str, Any]) -> bool:
