@@ -60,3 +60,44 @@ async def test_spend_by_prompt_version(ledger: SQLLedger, make_row: MakeRow) -> 
     assert groups["support@1"].input_tokens == 500
     rows = await ledger.fetch()
     assert {r.prompt for r in rows} == {"support@1", "support@2"}
+
+
+def test_cli_spend_shows_savings_per_technique_and_caps_shows_hits(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import json
+
+    from typer.testing import CliRunner
+
+    from tests.conftest import ledger_row
+    from tokenomy.cli import app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+
+    async def seed() -> None:
+        ledger = SQLLedger(url)
+        await ledger.start()
+        await ledger.write_many(
+            [
+                ledger_row(feature="chat", savings={"summarize": {"tokens": 4000, "usd": 0.002}}, output_cap=256,
+                           finish_reason="length"),
+                ledger_row(feature="chat", savings={"prompt_cache": {"tokens": 900, "usd": 0.0008}}, output_cap=256,
+                           finish_reason="stop"),
+            ]
+        )  # fmt: skip
+        await ledger.aclose()
+
+    asyncio.run(seed())
+    monkeypatch.setenv("TOKENOMY_LEDGER__URL", url)
+    runner = CliRunner()
+    table = runner.invoke(app, ["spend", "--by", "feature"])
+    assert table.exit_code == 0, table.output
+    assert "Savings by technique" in table.output and "summarize" in table.output and "prompt_cache" in table.output
+    document = json.loads(runner.invoke(app, ["spend", "--by", "feature", "--format", "json"]).output)
+    assert {s["technique"] for s in document["savings_by_technique"]} == {"summarize", "prompt_cache"}
+    csv_text = runner.invoke(app, ["spend", "--by", "feature", "--format", "csv"]).output
+    assert csv_text.splitlines()[0].endswith("saved_usd_prompt_cache,saved_usd_summarize")
+    caps = runner.invoke(app, ["caps", "--format", "json"])
+    assert caps.exit_code == 0, caps.output
+    group = json.loads(caps.output)["groups"][0]
+    assert group["group"] == "chat" and group["capped"] == 2 and group["hit_rate"] == 0.5
+    assert runner.invoke(app, ["caps", "--by", "colour"]).exit_code == 2
