@@ -124,3 +124,21 @@ def test_anthropic_clients_mark_retrieved_chunks_too(start_gateway: Any) -> None
         assert "retrieved" not in str(sent)
     finally:
         upstream.stop()
+
+
+async def test_a_message_of_chunks_only_keeps_its_best_chunk() -> None:
+    stage = make_stage({"default": {"compression": {"retrieved_top_k": 1}}})
+    body = {
+        "model": "sim-mini",
+        "messages": [
+            {"role": "user", "content": [chunk("Refunds take 30 days."), chunk("Parcels travel by courier.")]},
+            {"role": "assistant", "content": "Noted."},
+            {"role": "user", "content": [chunk("Shipping is free above 50 EUR."), chunk("Tracking numbers are emailed.")]},
+            {"role": "assistant", "content": "Noted."},
+            {"role": "user", "content": "Is shipping free?"},
+        ],
+    }
+    _, sent = await run(stage, body)
+    assert [len(m["content"]) for m in sent["messages"] if isinstance(m["content"], list)] == [1, 1]
+    assert sent["messages"][2]["content"][0]["text"] == "Shipping is free above 50 EUR."
+    assert_valid_anthropic(sent)

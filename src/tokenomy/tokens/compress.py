@@ -228,6 +228,12 @@ async def trim_retrieved(
                 used += tokens
             else:
                 drop.add(chunks[k][:2])
+        # a message made only of chunks keeps its most relevant one: an empty message is invalid
+        for i in {i for i, _, _ in chunks}:
+            content = messages[i]["content"]
+            if all((i, j) in drop for j in range(len(content))):
+                best = next(k for k in ranked if chunks[k][0] == i)
+                drop.discard(chunks[best][:2])
     saved = 0
     touched = {i for i, _, _ in chunks}
     strip_markers(messages)
