@@ -218,3 +218,28 @@ def test_pruning_keeps_the_cached_prefix_stable(
         assert "cache_control" not in body["system"][1] and body["system"][1]["text"].startswith("Summary")
     for event in caching_upstream.cache_events[1:]:
         assert event["read"] >= 1500  # never less than the system prompt
+
+
+def test_streamed_calls_are_priced_and_credited_the_same_way(
+    start_gateway: Callable[..., GatewayServer], caching_upstream: FakeAnthropic
+) -> None:
+    server = start_gateway(models=[claude(caching_upstream.base_url)], tokens={"default": {"prompt_caching": {}}})
+    sdk = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+    messages = [{"role": "system", "content": words(1500)}, {"role": "user", "content": "hello there"}]
+    for request_id in ("s1", "s2"):
+        stream = sdk.chat.completions.create(
+            model="claude", messages=messages, max_tokens=20, stream=True,
+            stream_options={"include_usage": True}, extra_headers={"x-request-id": request_id},
+        )  # fmt: skip
+        chunks = list(stream)
+        assert chunks[-1].usage is not None
+    server.flush_ledger()
+    assert server.gateway.ledger is not None
+    rows = {r.request_id: r for r in server.run_coro(server.gateway.ledger.fetch())}
+    for request_id, event in zip(("s1", "s2"), caching_upstream.cache_events):
+        row = rows[request_id]
+        cost, baseline = priced(row, event)
+        assert row.stream and row.cost_usd == pytest.approx(cost, rel=1e-9)
+        assert row.baseline_usd == pytest.approx(baseline, rel=1e-9)
+        assert row.savings["prompt_cache"]["tokens"] == event["read"]
+    assert rows["s2"].cached_tokens > 1500
