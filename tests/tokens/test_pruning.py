@@ -193,3 +193,28 @@ async def test_summary_failure_sends_the_conversation_unpruned() -> None:
     call, sent = await run(stage, body)
     assert sent["messages"] == body["messages"]
     assert "summary_failed" in call.annotations and not call.trace.savings
+
+
+async def test_concurrent_requests_for_one_prefix_share_one_summary_call() -> None:
+    import asyncio
+
+    stage = make_stage({"default": {"pruning": {"strategy": "summarize", "keep_last_turns": 2, "summarize_step": 2}}})
+    assert stage.summarizer is not None
+    provider = stage.summarizer.provider
+    chat = provider.chat
+    started = []
+
+    async def slow_chat(*args: Any, **kwargs: Any) -> Any:
+        started.append(1)
+        await asyncio.sleep(0.05)  # the others arrive while this one is in flight
+        return await chat(*args, **kwargs)
+
+    stage.summarizer.provider = type("Slow", (), {"chat": staticmethod(slow_chat)})()  # type: ignore[assignment]
+    convo = conversation(21, turns=9)
+    body = body_of(convo["messages"][:-1], convo["tools"])
+    results = await asyncio.gather(*(run(stage, copy.deepcopy(body)) for _ in range(5)))
+    assert stage.summarizer.calls == 1 and len(started) == 1
+    sent = [s for _, s in results]
+    assert all(s == sent[0] for s in sent)
+    charged = [c for c, _ in results if any(i.step == "summarize" for i in c.trace.items)]
+    assert len(charged) == 1  # the one that made it pays for it
