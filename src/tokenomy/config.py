@@ -130,6 +130,9 @@ class LocalModelSettings(Section):
     threads: int = Field(1, ge=1)
 
 
+from tokenomy.tokens.settings import TokensSettings  # noqa: E402  (a section defined with its feature)
+
+
 class Settings(BaseSettings):
     """Everything the gateway reads at start-up."""
 
@@ -138,6 +141,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
+    #: Output caps, context pruning, prompt compression, provider prompt caching (``tokenomy.tokens``).
+    tokens: TokensSettings = Field(default_factory=TokensSettings)
     #: Extra or replacement models. The built-in simulated models stay unless ``builtin_models`` is false.
     models: list[ModelSettings] = Field(default_factory=list)
     builtin_models: bool = True
