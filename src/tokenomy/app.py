@@ -37,6 +37,7 @@ from tokenomy.store.ledger import Ledger, LedgerRow
 from tokenomy.store.ledger_factory import make_ledger
 from tokenomy.store.writer import LedgerWriter
 from tokenomy.tokens.counting import warm_up
+from tokenomy.tokens.stage import build_token_stage
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ def build_gateway(settings: Settings) -> Gateway:
             IdentifyStage(),
             ResolveStage(registry, route.names),
             route,
+            # token policies after routing: caps and pruning fit the model actually chosen
+            build_token_stage(settings.tokens, registry, providers),
             ResilientExecuteStage(providers, registry, routing, health, latency=latency),
         ]
     )

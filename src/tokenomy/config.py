@@ -136,6 +136,7 @@ class LocalModelSettings(Section):
     threads: int = Field(1, ge=1)
 
 
+from tokenomy.tokens.settings import TokensSettings  # noqa: E402  (a section defined with its feature)
 from tokenomy.routing.settings import RoutingSettings  # noqa: E402  (a section defined with its feature)
 
 
@@ -147,6 +148,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
+    #: Output caps, context pruning, prompt compression, provider prompt caching (``tokenomy.tokens``).
+    tokens: TokensSettings = Field(default_factory=TokensSettings)
     #: Tiers, routers (``model: auto``), fallbacks, retries and circuit breakers.
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     #: Extra or replacement models. The built-in simulated models stay unless ``builtin_models`` is false.

@@ -148,7 +148,7 @@ async def run_cascade(stage: ResilientExecuteStage, call: Call, plan: Any) -> Re
             if call.trace.baseline_usd is None and call.baseline_price is not None:
                 from tokenomy.pricing.cost import cost_usd
 
-                call.trace.baseline_usd = cost_usd(call.baseline_price, item.usage)
+                call.trace.baseline_usd = cost_usd(call.baseline_price, call.trace.baseline_usage(item.usage))
             _note(call, f"latency budget spent at {model} (depth {level}, {verdict})")
             return reply
     assert last_error is not None

@@ -1,7 +1,7 @@
 """Add the ledger's ``route`` column: the routing decision and its reason (issue #5).
 
-Revision ID: 0002_route
-Revises: 0001_ledger
+Revision ID: 0003_route
+Revises: 0002_tokens
 Create Date: 2026-11-25
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_route"
-down_revision: str | None = "0001_ledger"
+revision: str = "0003_route"
+down_revision: str | None = "0002_tokens"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
