@@ -69,11 +69,18 @@ async def test_redis_breaker_is_shared_between_replicas(redis_prefix: str) -> No
         await b.aclose()
 
 
-async def test_redis_down_means_healthy_not_failed() -> None:
-    health = RedisHealth("redis://127.0.0.1:1/0", "t:", failures=1, cooldown_s=1)
+async def test_redis_down_falls_back_to_in_process_state_without_waiting() -> None:
+    import time
+
+    health = RedisHealth("redis://127.0.0.1:1/0", "t:", failures=1, cooldown_s=30, retry_redis_s=60)
     try:
-        assert await health.open_keys(["a"]) == set()
-        assert not await health.record_failure("a")
+        assert await health.open_keys(["a"]) == set()  # one failed read…
+        start = time.perf_counter()
+        assert await health.record_failure("a")  # …then in-process state, no more Redis timeouts
+        assert await health.open_keys(["a", "b"]) == {"a"}
+        await health.trip("b", 10)
+        assert await health.open_keys(["a", "b"]) == {"a", "b"}
+        assert time.perf_counter() - start < 0.05
     finally:
         await health.aclose()
 

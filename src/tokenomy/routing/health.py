@@ -11,7 +11,8 @@ re-opens it only once ``failures`` is reached again.
 across replicas: ``<prefix>open:<key>`` (a key with a TTL = the cooldown) and
 ``<prefix>fail:<key>`` (a counter, expiring after the cooldown so stale
 failures are forgotten). A replica that sees an open circuit skips the
-deployment without trying it. Reading the state is one ``MGET`` per call.
+deployment without trying it. Reading the state is one ``MGET`` per call; while
+Redis is unreachable each replica falls back to its own in-process state.
 """
 
 from __future__ import annotations
@@ -114,15 +115,39 @@ return 0
 
 
 class RedisHealth(DeploymentHealth):
-    """Circuit state shared by every replica through Redis (``redis.asyncio``)."""
+    """Circuit state shared by every replica through Redis (``redis.asyncio``).
 
-    def __init__(self, url: str, prefix: str = "tokenomy:health:", failures: int = 3, cooldown_s: float = 30.0) -> None:
+    When Redis cannot be reached, this replica keeps its own state in memory
+    (``MemoryHealth``) and does not ask Redis again for ``retry_redis_s``: a dead
+    Redis must not add its timeout to every request.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "tokenomy:health:",
+        failures: int = 3,
+        cooldown_s: float = 30.0,
+        *,
+        timeout_s: float = 0.25,
+        retry_redis_s: float = 5.0,
+    ) -> None:
         super().__init__(failures, cooldown_s)
         import redis.asyncio as aioredis
 
         self.prefix = prefix
-        self._redis = aioredis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._fail = self._redis.register_script(_FAIL_SCRIPT)
+        self._local = MemoryHealth(failures, cooldown_s)
+        self._retry_redis_s = retry_redis_s
+        self._redis_down_until = 0.0
+
+    def _redis_ok(self) -> bool:
+        return time.monotonic() >= self._redis_down_until
+
+    def _redis_failed(self, what: str, exc: Exception) -> None:
+        self._redis_down_until = time.monotonic() + self._retry_redis_s
+        log.warning("health state in Redis unavailable (%s: %s); in-process for %.0fs", what, exc, self._retry_redis_s)
 
     def _open(self, key: str) -> str:
         return f"{self.prefix}open:{key}"
@@ -131,37 +156,49 @@ class RedisHealth(DeploymentHealth):
         keys = list(keys)
         if not keys:
             return set()
+        local = await self._local.open_keys(keys)
+        if not self._redis_ok():
+            return local
         try:
             values = await self._redis.mget([self._open(k) for k in keys])
-        except Exception as exc:  # Redis down: treat every deployment as healthy, never block traffic
-            log.warning("health state unavailable (%s); assuming healthy", exc)
-            return set()
-        return {k for k, v in zip(keys, values) if v is not None}
+        except Exception as exc:  # never block traffic on our own bookkeeping
+            self._redis_failed("read", exc)
+            return local
+        return local | {k for k, v in zip(keys, values, strict=True) if v is not None}
 
     async def record_failure(self, key: str) -> bool:
+        if not self._redis_ok():
+            return await self._local.record_failure(key)
         ms = max(1, int(self.cooldown_s * 1000))
         try:
             opened = await self._fail(keys=[f"{self.prefix}fail:{key}", self._open(key)], args=[self.failures, ms])
         except Exception as exc:
-            log.warning("cannot record a failure for %s in Redis: %s", key, exc)
-            return False
+            self._redis_failed("count a failure", exc)
+            return await self._local.record_failure(key)
         if opened:
             log.warning("circuit open for %s (shared), cooling down %.1fs", key, self.cooldown_s)
         return bool(opened)
 
     async def record_success(self, key: str) -> None:
+        await self._local.record_success(key)
+        if not self._redis_ok():
+            return
         try:
             await self._redis.delete(f"{self.prefix}fail:{key}")
         except Exception as exc:
-            log.warning("cannot reset failures for %s in Redis: %s", key, exc)
+            self._redis_failed("reset failures", exc)
 
     async def trip(self, key: str, seconds: float) -> None:
         if seconds <= 0:
             return
+        if not self._redis_ok():
+            await self._local.trip(key, seconds)
+            return
         try:
             await self._redis.set(self._open(key), "1", px=max(1, int(seconds * 1000)))
         except Exception as exc:
-            log.warning("cannot open the circuit for %s in Redis: %s", key, exc)
+            self._redis_failed("open a circuit", exc)
+            await self._local.trip(key, seconds)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
