@@ -299,7 +299,7 @@ async def test_schema_is_at_head_and_matches_the_live_table(ledger: SQLLedger) -
 
     async with ledger.engine.connect() as conn:
         revision, diff = await conn.run_sync(inspect)
-    assert revision == head == "0002_access"
+    assert revision == head == "0004_access"
     assert diff == []
 
 

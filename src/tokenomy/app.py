@@ -26,7 +26,6 @@ from tokenomy.budgets.factory import Enforcement, build_enforcement
 from tokenomy.budgets.stage import BudgetStage
 from tokenomy.config import ConfigError, Settings
 from tokenomy.models import ModelRegistry
-from tokenomy.pipeline.execute import ExecuteStage
 from tokenomy.pipeline.identify import IdentifyStage
 from tokenomy.pipeline.record import RecordStage, Recorder
 from tokenomy.pipeline.resolve import ResolveStage
@@ -35,10 +34,14 @@ from tokenomy.pricing.catalog import PriceCatalog
 from tokenomy.providers import available_providers
 from tokenomy.providers.base import Provider
 from tokenomy.providers.local import is_available as local_available
+from tokenomy.routing.fallback import LatencyBoard, ResilientExecuteStage
+from tokenomy.routing.health import DeploymentHealth, MemoryHealth, RedisHealth
+from tokenomy.routing.stage import RouteStage
 from tokenomy.store.ledger import Ledger, LedgerRow
 from tokenomy.store.ledger_factory import make_ledger
 from tokenomy.store.writer import LedgerWriter
 from tokenomy.tokens.counting import warm_up
+from tokenomy.tokens.stage import build_token_stage
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class Gateway:
     ready: bool = False
     recorders: list[Recorder] = field(default_factory=list)
     enforcement: Enforcement | None = None
+    health: DeploymentHealth | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(warm_up)
@@ -79,6 +83,8 @@ class Gateway:
                 log.exception("closing provider %s failed", provider.name)
         if self.enforcement is not None:
             await self.enforcement.stop()
+        if self.health is not None:
+            await self.health.aclose()
         if self.writer is not None:
             await self.writer.aclose()
         if self.ledger is not None:
@@ -108,15 +114,63 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
         )
         sink = writer.record
         recorders.append(lambda call: sink(LedgerRow.from_call(call)))
+    routing = settings.routing
+    health: DeploymentHealth
+    if routing.health.redis_url:
+        health = RedisHealth(
+            routing.health.redis_url,
+            routing.health.key_prefix,
+            routing.health.failures,
+            routing.health.cooldown_s,
+        )
+    else:
+        health = MemoryHealth(routing.health.failures, routing.health.cooldown_s)
+    latency = LatencyBoard()
+    route = RouteStage(
+        registry,
+        routing,
+        embedder=_embedder(settings),
+        latency=latency if routing.health.latency_aware else None,
+    )
     enforcement = build_enforcement(settings, registry, clock, ledger=ledger)
-    stages: list[Stage] = [RecordStage(recorders), IdentifyStage(), ResolveStage(registry)]
+    stages: list[Stage] = [
+        RecordStage(recorders),
+        IdentifyStage(),
+        ResolveStage(registry, route.names),
+        route,
+        # token policies after routing: caps and pruning fit the model actually chosen
+        build_token_stage(settings.tokens, registry, providers),
+    ]
     if settings.budgets.enabled:
+        # last before execute: it reserves for the targets routing chose, at the caps the token
+        # stage set; every endpoint that costs money passes here (no side door)
         stages.append(BudgetStage(enforcement.enforcer))
-    stages.append(ExecuteStage(providers))
+    stages.append(ResilientExecuteStage(providers, registry, routing, health, latency=latency))
     pipeline = Pipeline(stages)
     return Gateway(
-        settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders, enforcement=enforcement
+        settings,
+        catalog,
+        registry,
+        providers,
+        pipeline,
+        ledger,
+        writer,
+        recorders=recorders,
+        health=health,
+        enforcement=enforcement,
     )
+
+
+def _embedder(settings: Settings):  # -> MiniLMEmbedder | None
+    """The local embedder, when a learned router needs it and ``tokenomy[routing]`` is installed."""
+    if not any(r.strategy == "learned" for r in settings.routing.routers):
+        return None
+    from tokenomy.routing.embedder import MiniLMEmbedder
+
+    if not MiniLMEmbedder.available():
+        log.warning("learned routers need `pip install 'tokenomy[routing]'`; routing to their default tier")
+        return None
+    return MiniLMEmbedder()
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASGI:

@@ -142,3 +142,15 @@ class BudgetStoreUnavailable(ServiceUnavailable):
     """The counter store is unreachable and budgets fail closed."""
 
     code = "budget_store_unavailable"
+
+
+class ContextWindowExceeded(UpstreamRejected):
+    """The prompt does not fit the model's context window (routing may go to a larger-context model)."""
+
+    code = "context_length_exceeded"
+
+
+class ContentPolicyViolation(UpstreamRejected):
+    """The provider's content filter refused the request (routing may go to a configured fallback)."""
+
+    code = "content_policy_violation"

@@ -1,7 +1,7 @@
 """Orgs, teams, virtual API keys, budgets and rate limits.
 
-Revision ID: 0002_access
-Revises: 0001_ledger
+Revision ID: 0004_access
+Revises: 0003_route
 Create Date: 2026-11-25
 
 Moments are epoch seconds (double precision): they are compared with the
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_access"
-down_revision: str | None = "0001_ledger"
+revision: str = "0004_access"
+down_revision: str | None = "0003_route"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
