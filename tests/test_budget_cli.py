@@ -49,6 +49,8 @@ def test_bad_budget_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "amount must be a number" in result.output
 
 
-def test_serve_refuses_several_workers_on_the_memory_backend() -> None:
-    result = CliRunner().invoke(app, ["serve", "--workers", "2"])
+def test_serve_refuses_several_workers_on_the_memory_backend(tmp_path: Path) -> None:
+    config = tmp_path / "tokenomy.yaml"
+    config.write_text(yaml.safe_dump({"budgets": {"budgets": [{"id": "g", "amount_usd": 10}]}}))
+    result = CliRunner().invoke(app, ["serve", "--workers", "2", "--config", str(config)])
     assert result.exit_code == 2 and "budgets.backend" in result.output

@@ -79,13 +79,19 @@ def serve(
         )
         raise typer.Exit(2)
     if settings.server.workers > 1 and settings.budgets.enabled and settings.budgets.backend == "memory":
-        # each worker would keep its own counters: N workers could spend N times a budget
+        # each worker keeps its own counters: N workers could spend N times a budget
+        if settings.budgets.budgets or settings.budgets.rate_limits:
+            typer.echo(
+                "error: budgets.backend 'memory' counts in one process; with several workers "
+                "use budgets.backend: redis (or budgets.enabled: false)",
+                err=True,
+            )
+            raise typer.Exit(2)
         typer.echo(
-            "error: budgets.backend 'memory' counts in one process; with several workers "
-            "use budgets.backend: redis (or budgets.enabled: false)",
+            "warning: with several workers and budgets.backend 'memory', budgets and rate limits "
+            "created later (admin API, CLI) are counted per worker; use budgets.backend: redis",
             err=True,
         )
-        raise typer.Exit(2)
     import uvicorn
 
     # Worker processes rebuild settings from the environment: pass the file and overrides on.

@@ -32,11 +32,11 @@ def _settings(config: Optional[Path]) -> Settings:
 
 def _run(settings: Settings, work: Callable[[Any, Any], Awaitable[T]]) -> T:
     """Open the access store (and key service), run ``work(access, keys)``, close."""
+    from tokenomy.budgets.factory import make_access_store
     from tokenomy.budgets.keys import KeyService, resolve_pepper
-    from tokenomy.store.access import AccessStore
 
     async def main() -> T:
-        access = AccessStore(settings.keys.database_url or settings.ledger.url)
+        access = make_access_store(settings)
         await access.start()
         try:
             return await work(access, KeyService(access, resolve_pepper(settings)))

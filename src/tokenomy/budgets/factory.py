@@ -82,6 +82,13 @@ class Enforcement:
         await self.access.aclose()
 
 
+def make_access_store(settings: Settings) -> AccessStore:
+    """Keys, teams and budgets: in ``keys.database_url``, else next to the ledger (same URL and schema)."""
+    if settings.keys.database_url:
+        return AccessStore(settings.keys.database_url)
+    return AccessStore(settings.ledger.url, schema=settings.ledger.schema_)
+
+
 def make_counter_store(settings: Settings, clock: Callable[[], float] = time.time) -> CounterStore:
     budgets = settings.budgets
     if budgets.backend == "redis":
@@ -108,7 +115,7 @@ def build_enforcement(
     *,
     ledger: Ledger | None = None,
 ) -> Enforcement:
-    access = AccessStore(settings.keys.database_url or settings.ledger.url)
+    access = make_access_store(settings)
     keys = KeyService(access, resolve_pepper(settings), cache_ttl_s=settings.keys.cache_ttl_s, clock=clock)
     book = PolicyBook(settings.budgets, access)
     counters = make_counter_store(settings, clock)
