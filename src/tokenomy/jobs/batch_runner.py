@@ -310,11 +310,13 @@ class LocalBatch:
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     task.add_done_callback(lambda _t: slots.release())
-                if time.monotonic() - last_progress > PROGRESS_INTERVAL_S:
-                    last_progress = time.monotonic()
-                    if await self._progress():
-                        self.cancelled = True
-                        break
+                    if time.monotonic() - last_progress > PROGRESS_INTERVAL_S:
+                        last_progress = time.monotonic()
+                        if await self._progress():
+                            self.cancelled = True
+                            break
+                if self.cancelled:
+                    break
             if tasks:
                 await asyncio.gather(*tasks)
         # Every line's ledger row is durable before the batch says "completed".
