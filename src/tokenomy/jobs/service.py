@@ -41,7 +41,9 @@ def make_queue(settings: JobsSettings, store: JobStore) -> JobQueue:
 class JobService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.jobs
-        self.store = JobStore(settings.jobs.url or settings.ledger.url)
+        # Same database as the ledger unless jobs.url says otherwise (then also the ledger's schema).
+        schema = settings.ledger.schema_ if settings.jobs.url is None else None
+        self.store = JobStore(settings.jobs.url or settings.ledger.url, schema=schema)
         self.files = FileStore(settings.jobs.files_dir, self.store)
         self._queue: JobQueue | None = None
 

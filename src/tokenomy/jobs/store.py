@@ -73,9 +73,10 @@ class JobStore:
         job = await store.get_job("job_1")
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
         self.url = async_url(url)
         self.dialect = self.url.get_backend_name()
+        self.schema = schema if self.dialect == "postgresql" else None
         self._engine: AsyncEngine | None = None
 
     @property
@@ -94,6 +95,8 @@ class JobStore:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
         else:
             kwargs["pool_pre_ping"] = True
+            if self.schema is not None:
+                kwargs["connect_args"] = {"server_settings": {"search_path": self.schema}}
         engine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -129,24 +129,20 @@ class JobWorker:
     async def handle(self, delivery: Delivery) -> None:
         store = self.service.store
         queue = self.service.queue
-        job = await store.get_job(delivery.job_id)
+        # One round trip in the common case: mark it running and read it back.
+        job = await store.start_attempt(delivery.job_id)
         if job is None:
-            log.error("worker %s: job %s is not in the store; dropping its message", self.name, delivery.job_id)
+            done = await store.get_job(delivery.job_id)
+            if done is None:
+                log.error("worker %s: job %s is not in the store; dropping its message", self.name, delivery.job_id)
+            else:  # redelivered after its result was recorded: finish what is left
+                await self._webhook_if_pending(done)
             await queue.ack(delivery)
             return
-        if job.done:  # redelivered after its result was recorded: finish what is left
-            await self._webhook_if_pending(job)
-            await queue.ack(delivery)
-            return
-        if delivery.attempt > self.settings.max_attempts or job.attempts >= self.settings.max_attempts:
-            reason = f"gave up after {job.attempts} attempts (a worker may have died running it)"
+        if job.attempts > self.settings.max_attempts:
+            reason = f"gave up after {job.attempts - 1} attempts (a worker may have died running it)"
             await self._give_up(job, delivery, {"type": "server_error", "code": "max_attempts", "message": reason})
             return
-        started = await store.start_attempt(job.id)
-        if started is None:  # finished by someone else in between
-            await queue.ack(delivery)
-            return
-        job = started
         heartbeat = asyncio.create_task(self._heartbeat(delivery))
         try:
             if job.kind == "batch":
@@ -166,7 +162,8 @@ class JobWorker:
                 await heartbeat
         if self.hook is not None:
             await self.hook("completed", job)
-        await self._webhook_if_pending(await store.get_job(job.id) or job)
+        if job.webhook_url:
+            await self._webhook_if_pending(await store.get_job(job.id) or job)
         await queue.ack(delivery)
         self.processed += 1
 
