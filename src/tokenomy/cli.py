@@ -137,7 +137,7 @@ def prices(
 
 @app.command()
 def spend(
-    by: str = typer.Option("model", "--by", help="team, feature, customer, model, endpoint, tag, provider, key."),
+    by: str = typer.Option("model", "--by", help="team, feature, customer, model, endpoint, tag, provider, traffic_class, key."),
     since: Optional[str] = typer.Option(None, "--since", help="7d, 24h, 30m or a date (2026-01-01)."),
     fmt: str = typer.Option("table", "--format", help="table, json or csv."),
     config: Optional[Path] = ConfigOption,
