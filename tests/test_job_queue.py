@@ -18,10 +18,22 @@ from tokenomy.jobs.store import JobStore
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobQueue]:
-    if request.param == "sqlite":
-        store = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+@pytest.fixture(params=["sqlite", "redis", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
+    """(implementation, PostgreSQL schema); sync so it can pull the async ``pg_schema`` fixture."""
+    if request.param == "postgresql":
+        return "postgresql", request.getfixturevalue("pg_schema")
+    return request.param, None
+
+
+@pytest.fixture
+async def queue(backend: tuple[str, str | None], tmp_path: Path) -> AsyncIterator[JobQueue]:
+    kind, schema = backend
+    if kind in ("sqlite", "postgresql"):
+        from tests.conftest import PG_URL
+
+        url = f"sqlite:///{tmp_path / 'jobs.db'}" if kind == "sqlite" else PG_URL
+        store = JobStore(url, schema=schema)
         await store.start()
         q: JobQueue = SQLQueue(store.engine, visibility_timeout_s=0.5, poll_interval_s=0.02)
         await q.start()
@@ -88,6 +100,7 @@ async def test_async_messages_are_served_before_batch_ones(queue: JobQueue) -> N
 
 
 async def test_concurrent_consumers_never_share_a_message(queue: JobQueue) -> None:
+    queue.visibility_timeout_s = 30  # a slow ack on a busy machine must not count as a dead consumer
     for i in range(60):
         await queue.enqueue(f"job_{i}")
     seen: list[str] = []
@@ -103,3 +116,23 @@ async def test_concurrent_consumers_never_share_a_message(queue: JobQueue) -> No
 
     await asyncio.gather(*(consume(f"w{i}") for i in range(4)))
     assert sorted(seen) == sorted(f"job_{i}" for i in range(60))
+
+
+
+async def test_pacer_holds_calls_to_the_token_budget_and_concurrency() -> None:
+    import time
+
+    from tokenomy.jobs.pacing import Pacer
+
+    pacer = Pacer(concurrency=2, tokens_per_minute=60_000)  # 1,000 tokens a second, bucket starts full
+    await pacer.acquire(60_000)
+    pacer.release(60_000, 60_000)
+    start = time.monotonic()
+    await pacer.acquire(500)  # must wait for ~0.5 s of refill
+    assert 0.4 < time.monotonic() - start < 1.5
+    await pacer.acquire(0)
+    blocked = asyncio.ensure_future(pacer.acquire(0))  # both slots taken
+    await asyncio.sleep(0.05)
+    assert not blocked.done()
+    pacer.release(500, 500)
+    await asyncio.wait_for(blocked, 1)

@@ -65,16 +65,19 @@ class SQLQueue(JobQueue):
         lease = uuid.uuid4().hex
         table = JOB_QUEUE
         ready = sa.and_(table.c.queue == self.name, table.c.state == "ready", table.c.visible_at <= now)
+        # A CTE, evaluated once: as an ``IN (sub-select)`` PostgreSQL may run the
+        # sub-select again per row and claim more than ``max_messages``.
         candidates = (
             sa.select(table.c.id)
             .where(ready)
             .order_by(table.c.priority, table.c.visible_at, table.c.id)
             .limit(max_messages)
             .with_for_update(skip_locked=True)
+            .cte("candidates")
         )
         stmt = (
             sa.update(table)
-            .where(table.c.id.in_(candidates.scalar_subquery()), ready)
+            .where(table.c.id == candidates.c.id, ready)
             .values(lease=lease, visible_at=now + self.visibility_timeout_s, attempts=table.c.attempts + 1)
             .returning(table.c.id, table.c.job_id, table.c.priority, table.c.attempts)
         )
