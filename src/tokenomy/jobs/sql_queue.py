@@ -81,6 +81,11 @@ class SQLQueue(JobQueue):
             .values(lease=lease, visible_at=now + self.visibility_timeout_s, attempts=table.c.attempts + 1)
             .returning(table.c.id, table.c.job_id, table.c.priority, table.c.attempts)
         )
+        # Idle workers poll: a read first, so an empty queue costs no write transaction
+        # (on SQLite a write would take the database lock from the ledger writer).
+        async with self.engine.connect() as conn:
+            if (await conn.execute(sa.select(table.c.id).where(ready).limit(1))).first() is None:
+                return []
         async with self.engine.begin() as conn:
             rows = (await conn.execute(stmt)).all()
         rows.sort(key=lambda row: (row.priority, row.id))
