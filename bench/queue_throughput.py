@@ -7,14 +7,12 @@ this load generator. Model: the built-in simulated provider (``--latency-ms``
 of upstream latency, 0 by default). Database: SQLite (embedded file shared by
 the three processes) or, with ``--db postgresql``, PostgreSQL in a fresh schema.
 
-1. real-time: ``--jobs`` requests to ``POST /v1/chat/completions`` at
-   ``--concurrency``; latency percentiles and requests/s;
-2. queued: the same requests to ``POST /v1/async/chat/completions`` (202 + job
-   id) at the same concurrency; jobs/s from the first submit to the last
-   completion, and each job's queue-path latency (``completed_at - created_at``,
-   i.e. 202 → result recorded, ledger row flushed, message acked).
-
-Overhead of the queue path = queued latency − real-time latency (p50, p95).
+1. latency, one request at a time: real-time requests, then jobs submitted one
+   by one, each waited for; a job's latency is ``completed_at - created_at``
+   (202 → result recorded and its ledger row flushed). Overhead of the queue
+   path = job latency − real-time latency (p50, p95).
+2. throughput at ``--concurrency``: ``--jobs`` real-time requests (req/s), then
+   ``--jobs`` async submissions; jobs/s from the first submit to the last result.
 
     python bench/queue_throughput.py [--jobs 2000] [--concurrency 32] [--latency-ms 0] [--db sqlite|postgresql]
 """
@@ -78,7 +76,7 @@ async def fire(port: int, path: str, jobs: int, concurrency: int) -> tuple[list[
         return latencies, ids, time.perf_counter() - start
 
 
-async def wait_done(store: Any, ids: list[str], timeout_s: float) -> list[Any]:
+async def wait_done(store: Any, ids: list[str], timeout_s: float, poll_s: float = 0.05) -> list[Any]:
     import sqlalchemy as sa
 
     from tokenomy.jobs.tables import JOBS
@@ -96,7 +94,7 @@ async def wait_done(store: Any, ids: list[str], timeout_s: float) -> list[Any]:
             return rows
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {done}/{len(ids)} jobs done after {timeout_s} s")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(poll_s)
 
 
 def main() -> None:
@@ -107,6 +105,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="tokenomy worker processes")
     parser.add_argument("--worker-concurrency", type=int, default=32, help="jobs.concurrency of each worker")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--latency-samples", type=int, default=100, help="sequential requests for the latency part")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="tokenomy-queue-bench-"))
@@ -184,12 +183,21 @@ async def cleanup(prefix: str, schema: str | None) -> None:
 async def run(args: argparse.Namespace, port: int, config: dict[str, Any]) -> None:
     from tokenomy.jobs.store import JobStore
 
-    await fire(port, "/v1/chat/completions", min(200, args.jobs), args.concurrency)  # warm up
-    rt_lat, _, rt_elapsed = await fire(port, "/v1/chat/completions", args.jobs, args.concurrency)
-
     store = JobStore(config["ledger"]["url"], schema=config["ledger"].get("schema"))
     await store.start()
     try:
+        await fire(port, "/v1/chat/completions", min(200, args.jobs), args.concurrency)  # warm up
+
+        # 1. latency, one at a time: what the queue path adds to a single request
+        rt1, _, _ = await fire(port, "/v1/chat/completions", args.latency_samples, 1)
+        single: list[float] = []
+        for _ in range(args.latency_samples):
+            _, ids, _ = await fire(port, "/v1/async/chat/completions", 1, 1)
+            (row,) = await wait_done(store, ids, timeout_s=60, poll_s=0.002)
+            single.append((row.completed_at - row.created_at) * 1000)
+
+        # 2. throughput at concurrency: real-time requests/s, then jobs/s through the queue
+        rt_lat, _, rt_elapsed = await fire(port, "/v1/chat/completions", args.jobs, args.concurrency)
         t0 = time.time()
         submit_lat, ids, submit_elapsed = await fire(port, "/v1/async/chat/completions", args.jobs, args.concurrency)
         rows = await wait_done(store, ids, timeout_s=600)
@@ -197,26 +205,27 @@ async def run(args: argparse.Namespace, port: int, config: dict[str, Any]) -> No
         await store.aclose()
     first = min(r.created_at for r in rows)
     last = max(r.completed_at for r in rows)
-    queue_lat = [(r.completed_at - r.created_at) * 1000 for r in rows]
     failed = sum(1 for r in rows if r.status != "completed")
     retried = sum(1 for r in rows if r.attempts > 1)
     jobs_per_s = len(rows) / max(last - first, 1e-9)
+    rt_per_s = len(rt_lat) / rt_elapsed
 
-    print(f"\nqueue throughput: {args.jobs} jobs, concurrency {args.concurrency}, simulated latency "
-          f"{args.latency_ms:g} ms, {args.workers} workers × {args.worker_concurrency}, Redis Streams, {args.db}")
-    print(f"{'path':<34}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'per s':>10}")
-    print(f"{'real-time (200 with the answer)':<34}{statistics.median(rt_lat):9.2f}{percentile(rt_lat, .95):9.2f}"
-          f"{percentile(rt_lat, .99):9.2f}{len(rt_lat) / rt_elapsed:10.0f}")
-    print(f"{'async submit (202 + job id)':<34}{statistics.median(submit_lat):9.2f}"
-          f"{percentile(submit_lat, .95):9.2f}{percentile(submit_lat, .99):9.2f}"
-          f"{len(submit_lat) / submit_elapsed:10.0f}")
-    print(f"{'queued job (202 → result stored)':<34}{statistics.median(queue_lat):9.2f}"
-          f"{percentile(queue_lat, .95):9.2f}{percentile(queue_lat, .99):9.2f}{jobs_per_s:10.0f}")
-    print(f"queue path overhead over real-time: p50 +{statistics.median(queue_lat) - statistics.median(rt_lat):.2f} ms, "
-          f"p95 +{percentile(queue_lat, .95) - percentile(rt_lat, .95):.2f} ms; "
-          f"throughput {jobs_per_s:.0f} jobs/s vs {len(rt_lat) / rt_elapsed:.0f} req/s real-time "
-          f"({jobs_per_s / (len(rt_lat) / rt_elapsed):.2f}×)")
-    print(f"failed jobs: {failed}, jobs retried: {retried} (wall clock {time.time() - t0:.1f} s)")
+    print(f"\nqueue throughput: simulated upstream latency {args.latency_ms:g} ms, {args.workers} workers × "
+          f"{args.worker_concurrency}, Redis Streams queue, {args.db} ledger and job store")
+    print(f"latency, one request at a time ({args.latency_samples} samples):")
+    print(f"  {'path':<44}{'p50 ms':>9}{'p95 ms':>9}")
+    print(f"  {'real-time (200 with the answer)':<44}{statistics.median(rt1):9.2f}{percentile(rt1, .95):9.2f}")
+    print(f"  {'queued job (202 → result stored, ledger row)':<44}{statistics.median(single):9.2f}"
+          f"{percentile(single, .95):9.2f}")
+    print(f"  queue path overhead: p50 +{statistics.median(single) - statistics.median(rt1):.2f} ms, "
+          f"p95 +{percentile(single, .95) - percentile(rt1, .95):.2f} ms")
+    print(f"throughput, {args.jobs} requests at concurrency {args.concurrency}:")
+    print(f"  real-time                {rt_per_s:8.0f} req/s  (p50 {statistics.median(rt_lat):.1f} ms)")
+    print(f"  async submit (202)       {len(submit_lat) / submit_elapsed:8.0f} req/s  "
+          f"(p50 {statistics.median(submit_lat):.1f} ms)")
+    print(f"  jobs completed           {jobs_per_s:8.0f} jobs/s ({jobs_per_s / rt_per_s:.2f}× real-time), "
+          f"first submit → last result {last - first:.1f} s")
+    print(f"  failed jobs: {failed}, jobs retried: {retried} (wall clock {time.time() - t0:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ class JobService:
         schema = settings.ledger.schema_ if settings.jobs.url is None else None
         self.store = JobStore(settings.jobs.url or settings.ledger.url, schema=schema)
         self.files = FileStore(settings.jobs.files_dir, self.store)
+        #: the ledger is in the jobs database: a job's ledger row is written with its result
+        self.ledger_in_store = settings.ledger.enabled and settings.jobs.url is None
         self._queue: JobQueue | None = None
 
     @property

@@ -19,9 +19,11 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tokenomy.jobs.group_commit import GroupCommit
 from tokenomy.jobs.tables import BATCHES, FILES, JOBS
+from tokenomy.store.ledger import LedgerRow
 from tokenomy.store.migrations import upgrade_head
-from tokenomy.store.sql_ledger import _sqlite_pragmas, async_url
+from tokenomy.store.sql_ledger import _FIELDS, LEDGER, _row_values, _sqlite_pragmas, async_url
 
 #: A job in one of these states is over: nothing may change its result any more.
 TERMINAL = ("completed", "failed", "cancelled")
@@ -78,6 +80,7 @@ class JobStore:
         self.dialect = self.url.get_backend_name()
         self.schema = schema if self.dialect == "postgresql" else None
         self._engine: AsyncEngine | None = None
+        self._group: GroupCommit | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -107,6 +110,13 @@ class JobStore:
             await engine.dispose()
             raise
         self._engine = engine
+        self._group = GroupCommit(engine)
+
+    async def _write(self, op: Any) -> Any:
+        """Run a small write in the next grouped transaction (see ``group_commit``)."""
+        if self._group is None:
+            raise RuntimeError("JobStore.start() has not been called")
+        return await self._group.run(op)
 
     async def aclose(self) -> None:
         if self._engine is not None:
@@ -115,8 +125,12 @@ class JobStore:
 
     # -- jobs -----------------------------------------------------------------------------
     async def create_job(self, job: Job) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(sa.insert(JOBS).values(**job.as_dict()))
+        values = job.as_dict()
+
+        async def op(conn: Any) -> None:
+            await conn.execute(sa.insert(JOBS).values(**values))
+
+        await self._write(op)
 
     async def get_job(self, job_id: str) -> Job | None:
         async with self.engine.connect() as conn:
@@ -126,7 +140,8 @@ class JobStore:
     async def start_attempt(self, job_id: str) -> Job | None:
         """Mark a job running and count the attempt; ``None`` if it is over (or unknown)."""
         now = time.time()
-        async with self.engine.begin() as conn:
+
+        async def op(conn: Any) -> Any:
             result = await conn.execute(
                 sa.update(JOBS)
                 .where(JOBS.c.id == job_id, JOBS.c.status.not_in(TERMINAL))
@@ -138,7 +153,9 @@ class JobStore:
             )
             if not result.rowcount:
                 return None
-            row = (await conn.execute(sa.select(JOBS).where(JOBS.c.id == job_id))).mappings().first()
+            return (await conn.execute(sa.select(JOBS).where(JOBS.c.id == job_id))).mappings().first()
+
+        row = await self._write(op)
         return Job(**row) if row is not None else None
 
     async def finish_job(
@@ -150,18 +167,34 @@ class JobStore:
         error: dict[str, Any] | None = None,
         cost_usd: float | None = None,
         webhook_status: str | None = None,
+        ledger_row: LedgerRow | None = None,
     ) -> bool:
-        """Record a job's outcome, once: ``False`` if another attempt already did."""
+        """Record a job's outcome, once: ``False`` if another attempt already did.
+
+        ``ledger_row`` (when the ledger lives in this same database) is inserted in
+        the same transaction, idempotently on its request id: the job is completed
+        if and only if it is charged, with one commit for both.
+        """
         values: dict[str, Any] = {"status": status, "completed_at": time.time(), "result": result, "error": error}
         if cost_usd is not None:
             values["cost_usd"] = cost_usd
         if webhook_status is not None:
             values["webhook_status"] = webhook_status
-        async with self.engine.begin() as conn:
+        async def op(conn: Any) -> bool:
             outcome = await conn.execute(
                 sa.update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status.not_in(TERMINAL)).values(**values)
             )
+            if ledger_row is not None and outcome.rowcount:
+                await conn.execute(self._ledger_insert(), [dict(zip(_FIELDS, _row_values(ledger_row)))])
             return bool(outcome.rowcount)
+
+        return bool(await self._write(op))
+
+    def _ledger_insert(self) -> sa.Insert:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect = postgresql if self.dialect == "postgresql" else sqlite
+        return dialect.insert(LEDGER).on_conflict_do_nothing(index_elements=["request_id"])
 
     async def requeue_job(self, job_id: str, error: dict[str, Any]) -> None:
         """A failed attempt that will be retried: back to ``queued``, last error kept."""

@@ -9,9 +9,10 @@ Exactly-once effects on an at-least-once queue, in this order per job:
 
 1. ``start_attempt`` (skipped, and the message acked, if the job is already over:
    a redelivery after a worker died between completing and acking);
-2. run the call; its ledger row carries the **job id** as request id and is
-   flushed to the database before going on;
-3. ``finish_job`` — a conditional update, so only one attempt ever records a result;
+2. run the call; its ledger row carries the **job id** as request id;
+3. ``finish_job`` — a conditional update, so only one attempt ever records a
+   result — with the ledger row in the same transaction (or, when the ledger is
+   another database, after flushing it there);
 4. the webhook (before the ack, so a worker lost here leaves it to the next one);
 5. ``ack``.
 
@@ -43,6 +44,7 @@ from tokenomy.jobs.store import Job
 from tokenomy.jobs.webhooks import WebhookSender
 from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.reply import Completion
+from tokenomy.store.ledger import LedgerRow
 from tokenomy.tokens.counting import count_messages
 
 if TYPE_CHECKING:
@@ -198,8 +200,13 @@ class JobWorker:
                 "baseline_cost_usd": call.trace.baseline_usd,
                 "tokenomy_request_id": call.request_id,
             }
-        # The ledger row must be durable before the job says "completed" (see the module doc).
-        if self.gateway.writer is not None:
+        # The ledger row must be durable when the job says "completed" (see the module doc):
+        # in the same transaction when the ledger shares the jobs database (the writer's
+        # own copy of the row is then a duplicate the ledger ignores), else flushed first.
+        row = None
+        if self.service.ledger_in_store:
+            row = LedgerRow.from_call(call)
+        elif self.gateway.writer is not None:
             await self.gateway.writer.flush()
         await self.service.store.finish_job(
             job.id,
@@ -207,6 +214,7 @@ class JobWorker:
             result=result,
             cost_usd=call.trace.total_usd,
             webhook_status="pending" if job.webhook_url else None,
+            ledger_row=row,
         )
 
     async def _failed_attempt(self, job: Job, delivery: Delivery, err: GatewayError) -> None:
