@@ -44,6 +44,15 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 PG_URL = os.environ.get("TOKENOMY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -151,7 +160,7 @@ def main() -> None:
         for _ in range(args.workers):
             procs.append(subprocess.Popen([*tokenomy, "worker", "--config", str(config_path)], cwd=workdir,
                                           stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
-        asyncio.run(run(args, port, config))
+        asyncio.run(run(args, port, config, procs[0].pid, [p.pid for p in procs[1:]]))
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -180,7 +189,8 @@ async def cleanup(prefix: str, schema: str | None) -> None:
         await conn.close()
 
 
-async def run(args: argparse.Namespace, port: int, config: dict[str, Any]) -> None:
+async def run(args: argparse.Namespace, port: int, config: dict[str, Any], gateway_pid: int,
+              worker_pids: list[int]) -> None:
     from tokenomy.jobs.store import JobStore
 
     store = JobStore(config["ledger"]["url"], schema=config["ledger"].get("schema"))
@@ -197,10 +207,14 @@ async def run(args: argparse.Namespace, port: int, config: dict[str, Any]) -> No
             single.append((row.completed_at - row.created_at) * 1000)
 
         # 2. throughput at concurrency: real-time requests/s, then jobs/s through the queue
+        cpu0 = cpu_seconds([gateway_pid])
         rt_lat, _, rt_elapsed = await fire(port, "/v1/chat/completions", args.jobs, args.concurrency)
+        rt_cpu = cpu_seconds([gateway_pid]) - cpu0
         t0 = time.time()
+        gw0, wk0 = cpu_seconds([gateway_pid]), cpu_seconds(worker_pids)
         submit_lat, ids, submit_elapsed = await fire(port, "/v1/async/chat/completions", args.jobs, args.concurrency)
         rows = await wait_done(store, ids, timeout_s=600)
+        q_gw_cpu, q_wk_cpu = cpu_seconds([gateway_pid]) - gw0, cpu_seconds(worker_pids) - wk0
     finally:
         await store.aclose()
     first = min(r.created_at for r in rows)
@@ -226,6 +240,12 @@ async def run(args: argparse.Namespace, port: int, config: dict[str, Any]) -> No
     print(f"  jobs completed           {jobs_per_s:8.0f} jobs/s ({jobs_per_s / rt_per_s:.2f}× real-time), "
           f"first submit → last result {last - first:.1f} s")
     print(f"  failed jobs: {failed}, jobs retried: {retried} (wall clock {time.time() - t0:.1f} s)")
+    n = args.jobs
+    print("CPU time per request (robust on a busy machine):")
+    print(f"  real-time: gateway {rt_cpu / n * 1000:.2f} ms")
+    print(f"  queued:    gateway {q_gw_cpu / n * 1000:.2f} ms (submit) + workers {q_wk_cpu / n * 1000:.2f} ms "
+          f"= {(q_gw_cpu + q_wk_cpu) / n * 1000:.2f} ms; queue path overhead "
+          f"+{(q_gw_cpu + q_wk_cpu - rt_cpu) / n * 1000:.2f} ms CPU per request")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from tokenomy.api.router import GatewayASGI
 from tokenomy.config import ConfigError, Settings
 from tokenomy.jobs.service import JobService
 from tokenomy.models import ModelRegistry
+from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.execute import ExecuteStage
 from tokenomy.pipeline.identify import IdentifyStage
 from tokenomy.pipeline.record import RecordStage, Recorder
@@ -130,7 +131,15 @@ def build_gateway(settings: Settings) -> Gateway:
             max_pending=settings.ledger.max_pending,
         )
         sink = writer.record
-        recorders.append(lambda call: sink(LedgerRow.from_call(call)))
+
+        def record_row(call: Call) -> None:
+            # A queued job's successful call is written by the job store, in the
+            # transaction that completes the job (tokenomy.jobs.worker).
+            if call.outcome == "ok" and call.annotations.get("ledger_row_by_job"):
+                return
+            sink(LedgerRow.from_call(call))
+
+        recorders.append(record_row)
     pipeline = Pipeline(
         [
             RecordStage(recorders),

@@ -62,8 +62,10 @@ class RedisStreamQueue(JobQueue):
         prefix: str = "tokenomy",
         visibility_timeout_s: float = 60.0,
         client: aioredis.Redis | None = None,
+        max_connections: int = 64,
     ) -> None:
         self.url = url
+        self.max_connections = max_connections
         self.prefix = prefix
         self.visibility_timeout_s = visibility_timeout_s
         self._client = client
@@ -83,7 +85,10 @@ class RedisStreamQueue(JobQueue):
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = aioredis.from_url(self.url, decode_responses=False)
+            # A blocking pool: a burst of submissions waits for a free connection
+            # instead of failing with "Too many connections".
+            pool = aioredis.BlockingConnectionPool.from_url(self.url, max_connections=self.max_connections, timeout=30)
+            self._client = aioredis.Redis(connection_pool=pool)
         try:
             for stream in self._streams.values():
                 try:

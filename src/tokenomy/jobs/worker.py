@@ -182,6 +182,7 @@ class JobWorker:
         )
         call.annotations["failed_attempt_id"] = f"{job.id}.attempt{job.attempts}"
         call.annotations["job_id"] = job.id
+        call.annotations["ledger_row_by_job"] = self.service.ledger_in_store
         estimate = _estimate_tokens(body) if self.pacer.tokens_per_minute else 0
         await self.pacer.acquire(estimate)
         actual: int | None = None
@@ -208,7 +209,7 @@ class JobWorker:
             row = LedgerRow.from_call(call)
         elif self.gateway.writer is not None:
             await self.gateway.writer.flush()
-        await self.service.store.finish_job(
+        finished = await self.service.store.finish_job(
             job.id,
             "completed",
             result=result,
@@ -216,6 +217,10 @@ class JobWorker:
             webhook_status="pending" if job.webhook_url else None,
             ledger_row=row,
         )
+        if not finished and row is not None and self.gateway.writer is not None:
+            # Cancelled (or finished by another attempt) meanwhile: the upstream was
+            # still paid for. The ledger keeps one row per request id either way.
+            self.gateway.writer.record(row)
 
     async def _failed_attempt(self, job: Job, delivery: Delivery, err: GatewayError) -> None:
         error = {"type": err.type, "code": err.code, "message": err.message, "status": err.status}
