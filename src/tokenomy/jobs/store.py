@@ -25,6 +25,8 @@ from tokenomy.store.ledger import LedgerRow
 from tokenomy.store.migrations import upgrade_head
 from tokenomy.store.sql_ledger import _FIELDS, LEDGER, _row_values, _sqlite_pragmas, async_url
 
+_INSERT_JOB = sa.insert(JOBS)
+
 #: A job in one of these states is over: nothing may change its result any more.
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -128,7 +130,7 @@ class JobStore:
         values = job.as_dict()
 
         async def op(conn: Any) -> None:
-            await conn.execute(sa.insert(JOBS).values(**values))
+            await conn.execute(_INSERT_JOB, [values])  # one cached statement, values bound
 
         await self._write(op)
 
