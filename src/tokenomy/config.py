@@ -199,6 +199,9 @@ class TrafficSettings(Section):
         return self
 
 
+from tokenomy.tokens.settings import TokensSettings  # noqa: E402  (a section defined with its feature)
+
+
 class Settings(BaseSettings):
     """Everything the gateway reads at start-up."""
 
@@ -210,6 +213,8 @@ class Settings(BaseSettings):
     jobs: JobsSettings = Field(default_factory=JobsSettings)
     batches: BatchSettings = Field(default_factory=BatchSettings)
     traffic: TrafficSettings = Field(default_factory=TrafficSettings)
+    #: Output caps, context pruning, prompt compression, provider prompt caching (``tokenomy.tokens``).
+    tokens: TokensSettings = Field(default_factory=TokensSettings)
     #: Extra or replacement models. The built-in simulated models stay unless ``builtin_models`` is false.
     models: list[ModelSettings] = Field(default_factory=list)
     builtin_models: bool = True

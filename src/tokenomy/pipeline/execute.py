@@ -20,6 +20,7 @@ from tokenomy.providers.anthropic_client_request import strip_anthropic_extensio
 from tokenomy.providers.base import Provider
 from tokenomy.providers.usage import Usage
 from tokenomy.tokens.counting import count_messages, count_text
+from tokenomy.tokens.savings import settle as settle_savings
 
 CHARS_PER_TOKEN = 4
 
@@ -35,7 +36,7 @@ class ExecuteStage(Stage):
         deployment = target.deployment
         provider = self.providers[deployment.provider]
         body = call.body
-        if call.api == "anthropic" and not provider.accepts_anthropic_extensions:
+        if (call.api == "anthropic" or call.trace.cache_breakpoints_added) and not provider.accepts_anthropic_extensions:
             body = strip_anthropic_extensions(body)
         if body.get("model") != deployment.upstream_model:
             body = {**body, "model": deployment.upstream_model}
@@ -96,14 +97,20 @@ def charge(call: Call, target: Target, step: str, usage: Usage) -> None:
     and pay real-time rates: they are tagged by ``traffic_class``, not discounted.
     """
     deployment = target.deployment
+    trace = call.trace
     if call.batch_priced:
-        usd = cost_usd(target.price, usage, batch=True)
+        # run by the provider's batch API: its batch rates, as its own step
         step = "batch_" + step
+        usd = cost_usd(target.price, usage, batch=True)
     else:
         usd = cost_usd(target.price, usage)
-    call.trace.add(CostItem(step, deployment.name, deployment.provider, usage, usd))
-    if call.trace.baseline_usd is None and call.baseline_price is not None:
-        call.trace.baseline_usd = cost_usd(call.baseline_price, usage)
+    first = not any(item.step == step for item in trace.items)
+    trace.add(CostItem(step, deployment.name, deployment.provider, usage, usd))
+    if trace.baseline_usd is None and call.baseline_price is not None:
+        # priced on the prompt as asked when a stage rewrote it (pruning, compression, caching)
+        trace.baseline_usd = cost_usd(call.baseline_price, trace.baseline_usage(usage))
+    if first and (trace.savings or trace.cache_breakpoints_added):
+        settle_savings(trace, usage, call.baseline_price, target.price)
 
 
 def estimate_usage(body: dict[str, Any], output: str | int, model: str) -> Usage:
