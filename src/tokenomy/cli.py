@@ -175,6 +175,11 @@ def worker(
     try:
         asyncio.run(run_workers(settings, workers))
     except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
 def caps(
     by: str = typer.Option("feature", "--by", help="feature, team, key, model, prompt…"),
     since: Optional[str] = typer.Option(None, "--since", help="7d, 24h, 30m or a date (2026-01-01)."),
