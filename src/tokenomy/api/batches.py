@@ -29,7 +29,7 @@ from tokenomy.api.http import (
 )
 from tokenomy.api.jobs import jobs_of
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
-from tokenomy.jobs.batch_runner import BATCH_ENDPOINTS, batch_object
+from tokenomy.jobs.batch_files import BATCH_ENDPOINTS, batch_object
 from tokenomy.jobs.files import file_object
 from tokenomy.jobs.store import Job
 

@@ -26,18 +26,13 @@ from tokenomy.api.http import (
     sse_event,
     until_disconnect,
 )
+from tokenomy.api.jobs import queue_request
 from tokenomy.api.sse import SSEResponse
 from tokenomy.api.validate import validate_chat, validate_embeddings
 from tokenomy.errors import GatewayError
 from tokenomy.jobs.traffic import traffic_class_for
 from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.reply import Completion, Reply, StreamReply
-
-
-def queue_request(request: Request, kind: str, body: dict[str, Any], traffic_class: str) -> Any:
-    from tokenomy.api.jobs import queue_request as queue
-
-    return queue(request, kind, body, traffic_class)
 
 
 async def chat_completions(request: Request) -> Response:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import aiohttp
 import orjson
 
 from tokenomy.errors import GatewayError, UpstreamError, UpstreamTimeout
-from tokenomy.jobs.batch_runner import BATCH_ENDPOINTS, Validation, finalize, iter_lines, output_line
+from tokenomy.jobs.batch_files import BATCH_ENDPOINTS, Validation, finalize, iter_lines, output_line
 from tokenomy.jobs.files import new_file_id
 from tokenomy.models import Target
 from tokenomy.pipeline.call import Call
