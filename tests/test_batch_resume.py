@@ -32,7 +32,7 @@ async def gateway(tmp_path: Path, upstream: FakeOpenAIBatches, monkeypatch: pyte
     monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-fake")
     models = [
         {"name": "sim-slow", "deployments": [{"provider": "simulated", "price_model": "gpt-4o-mini",
-                                              "options": {"latency_ms": 30}}]},
+                                              "options": {"latency_ms": 50}}]},
         {"name": "gpt-batch", "deployments": [{"provider": "openai", "model": "gpt-4o-mini",
                                                "base_url": upstream.base_url, "api_key_env": "FAKE_OPENAI_KEY"}]},
     ]  # fmt: skip
@@ -40,7 +40,7 @@ async def gateway(tmp_path: Path, upstream: FakeOpenAIBatches, monkeypatch: pyte
         None,
         ledger={"url": f"sqlite:///{tmp_path / 'ledger.db'}", "flush_interval_s": 0.05},
         jobs={"files_dir": str(tmp_path / "files"), "visibility_timeout_s": 0.6, "poll_interval_s": 0.02},
-        batches={"local_concurrency": 4, "upstream_poll_interval_s": 0.3},
+        batches={"local_concurrency": 2, "upstream_poll_interval_s": 0.3},
         models=models,
     )
     gw = build_gateway(settings)
@@ -103,7 +103,7 @@ async def finish_on_another_worker(gw: Gateway, batch_id: str) -> dict[str, Any]
 async def test_a_local_batch_lost_mid_run_is_finished_elsewhere_and_charged_once(
     gateway: Gateway, tmp_path: Path
 ) -> None:
-    lines = [chat_line(f"r{i}", f"question {i}", model="sim-slow") for i in range(40)]
+    lines = [chat_line(f"r{i}", f"question {i}", model="sim-slow") for i in range(60)]
     batch_id = await submit_batch(gateway, tmp_path, lines)
     assert gateway.jobs is not None and gateway.ledger is not None and gateway.writer is not None
 
@@ -113,13 +113,13 @@ async def test_a_local_batch_lost_mid_run_is_finished_elsewhere_and_charged_once
 
     await lose_worker_after(gateway, some_lines_done)
     batch = await finish_on_another_worker(gateway, batch_id)
-    assert batch["status"] == "completed" and batch["completed"] == 40
+    assert batch["status"] == "completed" and batch["completed"] == 60
     await gateway.writer.flush()
     rows = await gateway.ledger.fetch()
     ids = [row.request_id for row in rows]
-    assert len(ids) == 40 == len(set(ids))  # lines run twice are charged once
+    assert len(ids) == 60 == len(set(ids))  # lines run twice are charged once
     output = b"".join([chunk async for chunk in await gateway.jobs.files.stream(batch["output_file_id"])])
-    assert sorted(json.loads(line)["custom_id"] for line in output.splitlines()) == sorted(f"r{i}" for i in range(40))
+    assert sorted(json.loads(line)["custom_id"] for line in output.splitlines()) == sorted(f"r{i}" for i in range(60))
 
 
 async def test_a_passthrough_batch_is_resumed_not_resubmitted(
