@@ -27,7 +27,6 @@ from tokenomy.config import ConfigError, Settings
 from tokenomy.jobs.service import JobService
 from tokenomy.models import ModelRegistry
 from tokenomy.pipeline.call import Call
-from tokenomy.pipeline.execute import ExecuteStage
 from tokenomy.pipeline.identify import IdentifyStage
 from tokenomy.pipeline.record import RecordStage, Recorder
 from tokenomy.pipeline.resolve import ResolveStage
@@ -36,6 +35,9 @@ from tokenomy.pricing.catalog import PriceCatalog
 from tokenomy.providers import available_providers
 from tokenomy.providers.base import Provider
 from tokenomy.providers.local import is_available as local_available
+from tokenomy.routing.fallback import LatencyBoard, ResilientExecuteStage
+from tokenomy.routing.health import DeploymentHealth, MemoryHealth, RedisHealth
+from tokenomy.routing.stage import RouteStage
 from tokenomy.store.ledger import Ledger, LedgerRow
 from tokenomy.store.ledger_factory import make_ledger
 from tokenomy.store.writer import LedgerWriter
@@ -58,6 +60,7 @@ class Gateway:
     writer: LedgerWriter | None
     ready: bool = False
     recorders: list[Recorder] = field(default_factory=list)
+    health: DeploymentHealth | None = None
     #: async jobs, batches and their queue (``None``: not started with jobs)
     jobs: JobService | None = None
     #: job workers running inside this process (``jobs.gateway_workers``)
@@ -102,6 +105,8 @@ class Gateway:
                 await provider.aclose()
             except Exception:
                 log.exception("closing provider %s failed", provider.name)
+        if self.health is not None:
+            await self.health.aclose()
         if self.writer is not None:
             await self.writer.aclose()
         if self.ledger is not None:
@@ -141,18 +146,51 @@ def build_gateway(settings: Settings) -> Gateway:
             sink(LedgerRow.from_call(call))
 
         recorders.append(record_row)
+    routing = settings.routing
+    health: DeploymentHealth
+    if routing.health.redis_url:
+        health = RedisHealth(
+            routing.health.redis_url,
+            routing.health.key_prefix,
+            routing.health.failures,
+            routing.health.cooldown_s,
+        )
+    else:
+        health = MemoryHealth(routing.health.failures, routing.health.cooldown_s)
+    latency = LatencyBoard()
+    route = RouteStage(
+        registry,
+        routing,
+        embedder=_embedder(settings),
+        latency=latency if routing.health.latency_aware else None,
+    )
     pipeline = Pipeline(
         [
             RecordStage(recorders),
             IdentifyStage(),
-            ResolveStage(registry),
+            ResolveStage(registry, route.names),
+            route,
+            # token policies after routing: caps and pruning fit the model actually chosen
             build_token_stage(settings.tokens, registry, providers),
-            ExecuteStage(providers),
+            ResilientExecuteStage(providers, registry, routing, health, latency=latency),
         ]
     )
     return Gateway(
-        settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders, jobs=JobService(settings)
+        settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders, health=health,
+        jobs=JobService(settings),
     )
+
+
+def _embedder(settings: Settings):  # -> MiniLMEmbedder | None
+    """The local embedder, when a learned router needs it and ``tokenomy[routing]`` is installed."""
+    if not any(r.strategy == "learned" for r in settings.routing.routers):
+        return None
+    from tokenomy.routing.embedder import MiniLMEmbedder
+
+    if not MiniLMEmbedder.available():
+        log.warning("learned routers need `pip install 'tokenomy[routing]'`; routing to their default tier")
+        return None
+    return MiniLMEmbedder()
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASGI:

@@ -197,6 +197,15 @@ def caps(
         raise typer.Exit(2) from None
 
 
+def _router_commands() -> None:
+    from tokenomy.routing.router_command import router_app
+
+    app.add_typer(router_app, name="router")
+
+
+_router_commands()
+
+
 def main() -> None:
     app(prog_name="tokenomy")
 

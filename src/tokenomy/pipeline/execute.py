@@ -32,7 +32,10 @@ class ExecuteStage(Stage):
         self.providers = providers
 
     async def __call__(self, call: Call, next: Next) -> Reply:
-        target = call.targets[0]
+        return await self.attempt(call, call.targets[0])
+
+    async def attempt(self, call: Call, target: Target) -> Reply:
+        """Send the call to one deployment; charge what it used. Errors propagate (nothing charged)."""
         deployment = target.deployment
         provider = self.providers[deployment.provider]
         body = call.body

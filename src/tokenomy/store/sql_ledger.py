@@ -112,6 +112,8 @@ LEDGER = sa.Table(
     sa.Column("output_cap", sa.Integer(), nullable=True),
     sa.Column("prompt", sa.String(), nullable=True),
     sa.Column("savings", _tags_json(), nullable=False, server_default=sa.text("'{}'")),
+    # the routing decision and its reason (revision 0003_route)
+    sa.Column("route", sa.String(), nullable=True),
     sa.UniqueConstraint("request_id", name="uq_ledger_request_id"),
     sa.Index("ix_ledger_created_at", "created_at"),
     sa.Index("ix_ledger_prompt_created_at", "prompt", "created_at"),

@@ -1,7 +1,7 @@
 """Jobs, their queue, files and batches.
 
-Revision ID: 0003_jobs
-Revises: 0002_tokens
+Revision ID: 0004_jobs
+Revises: 0003_route
 Create Date: 2026-11-25
 
 Times are Unix seconds (floats): OpenAI's batch and file objects speak them, and
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_jobs"
-down_revision: str | None = "0002_tokens"
+revision: str = "0004_jobs"
+down_revision: str | None = "0003_route"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
