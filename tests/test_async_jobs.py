@@ -161,7 +161,7 @@ def test_retryable_failures_are_retried_then_dead_lettered(jobs_gateway: Callabl
     job = http.post("/v1/async/chat/completions", json={**ASK, "model": "sim-down"}).json()
     done = poll(http, job["id"])
     assert done["status"] == "failed" and done["attempts"] == 3
-    assert done["error"]["code"] == "upstream_error"
+    assert done["error"]["code"] in ("upstream_error", "service_unavailable")  # the circuit breaker may open
     dead = server.run_coro(server.gateway.jobs.queue.dead_letters())
     assert [d.job_id for d in dead] == [job["id"]]
     server.flush_ledger()
