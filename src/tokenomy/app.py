@@ -13,19 +13,24 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import Route
 
 from tokenomy.api import admin as admin_api
 from tokenomy.api import anthropic as anthropic_api
+from tokenomy.api import batches as batches_api
 from tokenomy.api import health
+from tokenomy.api import jobs as jobs_api
 from tokenomy.api import openai as openai_api
 from tokenomy.api.router import GatewayASGI
 from tokenomy.budgets.factory import Enforcement, build_enforcement
 from tokenomy.budgets.stage import BudgetStage
 from tokenomy.config import ConfigError, Settings
+from tokenomy.jobs.service import JobService
 from tokenomy.models import ModelRegistry
+from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.identify import IdentifyStage
 from tokenomy.pipeline.record import RecordStage, Recorder
 from tokenomy.pipeline.resolve import ResolveStage
@@ -61,8 +66,13 @@ class Gateway:
     recorders: list[Recorder] = field(default_factory=list)
     enforcement: Enforcement | None = None
     health: DeploymentHealth | None = None
+    #: async jobs, batches and their queue (``None``: not started with jobs)
+    jobs: JobService | None = None
+    #: job workers running inside this process (``jobs.gateway_workers``)
+    workers: list[Any] = field(default_factory=list)
+    _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def start(self) -> None:
+    async def start(self, *, run_workers: bool = True) -> None:
         await asyncio.to_thread(warm_up)
         if self.ledger is not None and self.writer is not None:
             await self.ledger.start()
@@ -71,11 +81,32 @@ class Gateway:
             await self.enforcement.start()  # after the ledger: counters are reconciled with it
         for provider in self.providers.values():
             await provider.start()
+        if self.jobs is not None:
+            await self.jobs.start()
+            if run_workers:
+                self.start_workers(self.settings.jobs.gateway_workers)
         self.ready = True
+
+    def start_workers(self, count: int) -> None:
+        """Run ``count`` job workers in this process's event loop."""
+        from tokenomy.jobs.worker import JobWorker
+
+        for _ in range(count):
+            worker = JobWorker(self)
+            self.workers.append(worker)
+            self._worker_tasks.append(asyncio.get_running_loop().create_task(worker.run(), name="job-worker"))
 
     async def stop(self) -> None:
         """Graceful stop: in-flight requests have finished (uvicorn waits); flush what is pending."""
         self.ready = False
+        for worker in self.workers:
+            await worker.stop(self.settings.server.graceful_timeout_s)
+        for task in self._worker_tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.workers.clear()
+        self._worker_tasks.clear()
         for provider in self.providers.values():
             try:
                 await provider.aclose()
@@ -89,6 +120,8 @@ class Gateway:
             await self.writer.aclose()
         if self.ledger is not None:
             await self.ledger.aclose()
+        if self.jobs is not None:
+            await self.jobs.aclose()
 
 
 def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time) -> Gateway:
@@ -113,7 +146,15 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
             max_pending=settings.ledger.max_pending,
         )
         sink = writer.record
-        recorders.append(lambda call: sink(LedgerRow.from_call(call)))
+
+        def record_row(call: Call) -> None:
+            # A queued job's successful call is written by the job store, in the
+            # transaction that completes the job (tokenomy.jobs.worker).
+            if call.outcome == "ok" and call.annotations.get("ledger_row_by_job"):
+                return
+            sink(LedgerRow.from_call(call))
+
+        recorders.append(record_row)
     routing = settings.routing
     health: DeploymentHealth
     if routing.health.redis_url:
@@ -158,6 +199,7 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
         recorders=recorders,
         health=health,
         enforcement=enforcement,
+        jobs=JobService(settings),
     )
 
 
@@ -189,6 +231,19 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASG
         Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
         Route("/v1/messages", anthropic_api.messages, methods=["POST"]),
+        Route("/v1/async/chat/completions", jobs_api.submit_chat, methods=["POST"]),
+        Route("/v1/async/embeddings", jobs_api.submit_embeddings, methods=["POST"]),
+        Route("/v1/async/jobs/{job_id}", jobs_api.get_job, methods=["GET"]),
+        Route("/v1/async/jobs/{job_id}/cancel", jobs_api.cancel_job, methods=["POST"]),
+        Route("/v1/files", batches_api.upload_file, methods=["POST"]),
+        Route("/v1/files", batches_api.list_files, methods=["GET"]),
+        Route("/v1/files/{file_id}", batches_api.get_file, methods=["GET"]),
+        Route("/v1/files/{file_id}", batches_api.delete_file, methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", batches_api.file_content, methods=["GET"]),
+        Route("/v1/batches", batches_api.create_batch, methods=["POST"]),
+        Route("/v1/batches", batches_api.list_batches, methods=["GET"]),
+        Route("/v1/batches/{batch_id}", batches_api.get_batch, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", batches_api.cancel_batch, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         *admin_api.ROUTES,

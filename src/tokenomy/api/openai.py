@@ -26,9 +26,11 @@ from tokenomy.api.http import (
     sse_event,
     until_disconnect,
 )
+from tokenomy.api.jobs import queue_request
 from tokenomy.api.sse import SSEResponse
 from tokenomy.api.validate import validate_chat, validate_embeddings
 from tokenomy.errors import GatewayError
+from tokenomy.jobs.traffic import traffic_class_for
 from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.reply import Completion, Reply, StreamReply
 
@@ -76,6 +78,10 @@ async def handle(
         identity = await authenticate(request, gateway)
         body = await read_json(request, gateway.settings.server.max_body_bytes)
         validate(body)
+        if "x-tokenomy-priority" in request.headers or gateway.settings.traffic.features:
+            traffic_class = traffic_class_for(request.headers, gateway.settings.traffic)
+            if traffic_class != "realtime":
+                return await queue_request(request, kind, body, traffic_class, identity)
         call = new_call(request, kind, body, identity=identity)
         reply = await until_disconnect(request, gateway.pipeline.run(call))
         return render(call, reply)

@@ -143,3 +143,28 @@ class KeyService:
     def forget(self) -> None:
         """Drop the cache (after a revocation through this process's admin API)."""
         self._cache.clear()
+
+
+#: Server-set headers carrying a key's bound identity into a queued job. Never read from
+#: clients: ``FORWARDED_HEADERS`` does not include them, so only the gateway writes them.
+_BOUND = {"key_id": "x-tokenomy-bound-key", "org": "x-tokenomy-bound-org", "team": "x-tokenomy-bound-team",
+          "feature": "x-tokenomy-bound-feature", "customer": "x-tokenomy-bound-customer"}
+_BOUND_MODELS = "x-tokenomy-bound-models"
+
+
+def bound_headers(identity: Identity | None) -> dict[str, str]:
+    """The identity a virtual key binds, as job headers (async jobs run later, in a worker)."""
+    if identity is None:
+        return {}
+    out = {header: getattr(identity, field) for field, header in _BOUND.items() if getattr(identity, field)}
+    if identity.allowed_models is not None:
+        out[_BOUND_MODELS] = ",".join(sorted(identity.allowed_models))
+    return out
+
+
+def bound_identity(headers: dict[str, str]) -> Identity:
+    """The identity written by ``bound_headers`` (empty if the job was not sent with a virtual key)."""
+    values = {field: headers.get(header) for field, header in _BOUND.items()}
+    models = headers.get(_BOUND_MODELS)
+    allowed = frozenset(m for m in models.split(",") if m) if models is not None else None
+    return Identity(**values, allowed_models=allowed)

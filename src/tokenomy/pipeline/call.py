@@ -199,6 +199,8 @@ class Call:
     identity: Identity = field(default_factory=Identity)
     headers: dict[str, str] = field(default_factory=dict)
     traffic_class: str = "realtime"
+    #: executed through a provider's batch API: priced at its batch rates
+    batch_priced: bool = False
     stream: bool = False
     started_at: float = field(default_factory=time.time)
     started_perf: float = field(default_factory=time.perf_counter)
