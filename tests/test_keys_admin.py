@@ -183,3 +183,33 @@ def test_admin_teams_orgs_rate_limits_and_validation(server: GatewayServer) -> N
     budgets = admin(server, "GET", "/admin/budgets").json()["data"]
     assert admin(server, "DELETE", f"/admin/budgets/{budgets[0]['id']}").status_code == 200
     assert admin(server, "DELETE", "/admin/budgets/nope").status_code == 404
+
+
+def test_async_jobs_are_charged_to_the_key_that_queued_them(start_gateway: Callable[..., GatewayServer], tmp_path: Path) -> None:
+    server = start_gateway(
+        server={"master_key": MASTER},
+        models=[FIXED_MODEL],
+        keys={"cache_ttl_s": 0},
+        jobs={"files_dir": str(tmp_path / "files"), "poll_interval_s": 0.02, "retry_backoff_s": 0.05, "max_attempts": 1},
+    )
+    created = admin(server, "POST", "/admin/keys", json={"team": "night", "budget": "0/day"}).json()
+    headers = {"authorization": f"Bearer {created['key']}", "x-tokenomy-priority": "low", "x-tokenomy-team": "other"}
+    queued = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": "sim-fixed", "messages": HELLO, "max_tokens": OUTPUT_TOKENS},
+        headers=headers,
+        timeout=30,
+    )
+    assert queued.status_code == 202, queued.text
+    job_id = queued.json()["id"]
+    deadline = time.monotonic() + 20
+    while True:
+        job = admin(server, "GET", f"/v1/async/jobs/{job_id}").json()
+        if job["status"] in ("completed", "failed", "cancelled"):
+            break
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    assert job["status"] == "failed", job
+    assert "budget" in str(job).lower()
+    # without a key the async endpoint is refused like any other
+    assert httpx.post(server.url + "/v1/async/chat/completions", json={"model": "sim-fixed", "messages": HELLO}).status_code == 401
