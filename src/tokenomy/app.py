@@ -19,6 +19,7 @@ from starlette.routing import Route
 # TEMP from tokenomy.api import anthropic as anthropic_api
 from tokenomy.api import health
 from tokenomy.api import openai as openai_api
+from tokenomy.cache.layer import CacheLayer, build_cache
 from tokenomy.config import Settings
 from tokenomy.models import ModelRegistry
 from tokenomy.pipeline.execute import ExecuteStage
@@ -51,9 +52,12 @@ class Gateway:
     writer: LedgerWriter | None
     ready: bool = False
     recorders: list[Recorder] = field(default_factory=list)
+    cache: CacheLayer | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(warm_up)
+        if self.cache is not None:
+            await self.cache.start()
         if self.ledger is not None and self.writer is not None:
             await self.ledger.start()
             self.writer.start()
@@ -69,6 +73,11 @@ class Gateway:
                 await provider.aclose()
             except Exception:
                 log.exception("closing provider %s failed", provider.name)
+        if self.cache is not None:
+            try:
+                await self.cache.aclose()
+            except Exception:
+                log.exception("closing the cache failed")
         if self.writer is not None:
             await self.writer.aclose()
         if self.ledger is not None:
@@ -95,15 +104,17 @@ def build_gateway(settings: Settings) -> Gateway:
         )
         sink = writer.record
         recorders.append(lambda call: sink(LedgerRow.from_call(call)))
+    cache = build_cache(settings.cache)
     pipeline = Pipeline(
         [
             RecordStage(recorders),
             IdentifyStage(),
             ResolveStage(registry),
+            *cache.stages,
             ExecuteStage(providers),
         ]
     )
-    return Gateway(settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders)
+    return Gateway(settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders, cache=cache)
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
