@@ -12,6 +12,7 @@ behaviour, so one fake serves every test:
 - ``malformed``: 200 with a body that is not JSON
 - ``cut-stream``: streams three chunks then drops the connection
 - ``slow-stream``: 50 ms between chunks
+- ``slow``: answers after 300 ms (JSON or stream)
 - anything else: a deterministic answer ``"echo: <last user text>"``
 
 Every request is kept in ``requests`` (path, headers, JSON body) for assertions.
@@ -241,6 +242,8 @@ class FakeOpenAI:
             return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
         if model == "hang":
             await asyncio.sleep(3600)
+        if model == "slow":
+            await asyncio.sleep(0.3)
         return None
 
 
