@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 # TEMP from tokenomy.api import anthropic as anthropic_api
+from tokenomy.api import cache as cache_api
 from tokenomy.api import health
 from tokenomy.api import openai as openai_api
 from tokenomy.cache.layer import CacheLayer, build_cache
@@ -132,6 +133,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
+        Route("/v1/feedback", cache_api.feedback, methods=["POST"]),
+        Route("/v1/cache/invalidate", cache_api.invalidate, methods=["POST"]),
+        Route("/v1/cache/stats", cache_api.stats, methods=["GET"]),
         # TEMP Route("/v1/messages", anthropic_api.messages, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),

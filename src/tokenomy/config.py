@@ -157,8 +157,10 @@ class SemanticCacheSettings(Section):
     embed_threads: int = Field(1, ge=1)
     #: Cost charged per lookup (USD) — 0 for the local model; set it if you price CPU.
     embedding_cost_usd: float = Field(0.0, ge=0)
-    #: Where learned thresholds and their observations are kept (``memory``; ``redis`` shares them).
-    learner_state: Literal["memory", "redis"] = "memory"
+    #: Verified mode, before enough labels exist: serve only at or above this similarity.
+    cold_threshold: float = Field(0.97, ge=0, le=1)
+    #: pgvector table holding the vectors (created on start).
+    pg_table: str = "tokenomy_semantic_cache"
 
 
 class CoalesceSettings(Section):

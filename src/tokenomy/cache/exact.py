@@ -67,7 +67,9 @@ class ExactCacheStage(Stage):
 
     def _put_for(self, plan: CachePlan):  # noqa: ANN202 - a closure over the plan
         async def put(answer: CachedAnswer) -> None:
-            await self.store.put(plan.key, answer, plan.ttl_s)
+            if not plan.stored:  # the semantic tier may have stored it already
+                await self.store.put(plan.key, answer, plan.ttl_s)
+                plan.stored = True
 
         return put
 
