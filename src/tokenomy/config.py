@@ -138,10 +138,14 @@ class SemanticCacheSettings(Section):
     #: ``fixed``: serve whenever cosine similarity ≥ ``threshold`` (and the guards pass).
     mode: Literal["verified", "fixed"] = "verified"
     threshold: float = Field(0.95, ge=0, le=1)
-    #: Verified mode: the share of served semantic hits allowed to be wrong (δ).
+    #: Verified mode: the false-hit rate allowed (δ): of the lookups whose best match is not an
+    #: equivalent request, at most this share may be served.
     target_error: float = Field(0.01, gt=0, lt=0.5)
-    #: Verified mode: share of would-be hits also sent upstream to check the cached answer.
+    #: Verified mode: share of would-be hits also sent upstream to check the cached answer (labels for δ).
     verify_fraction: float = Field(0.05, ge=0, le=1)
+    #: Verified mode: share of misses that had a candidate whose fresh answer is compared with the
+    #: candidate's (no extra upstream call; costs two answer embeddings off the response path).
+    explore_fraction: float = Field(0.5, ge=0, le=1)
     #: Candidates below this cosine similarity are never considered (and never verified).
     min_similarity: float = Field(0.80, ge=0, le=1)
     #: Lexical guards: reject matches that differ in negation, numbers/dates or named entities.

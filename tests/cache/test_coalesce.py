@@ -99,3 +99,43 @@ def test_a_failing_leader_does_not_fail_followers_one_by_one(coalescing: Gateway
     results = asyncio.run(run())
     assert all(isinstance(r, openai.APIStatusError) for r in results)
     assert upstream_calls(fake_openai, text) <= 10
+
+
+def test_coalescing_across_replicas_through_redis(
+    start_gateway: Callable[..., GatewayServer], fake_openai: FakeOpenAI, redis_prefix: str
+) -> None:
+    models = fake_openai_models(fake_openai.base_url, ["up-slow"], read_timeout_s=5.0)
+    shared = {
+        "backend": "redis",
+        "key_prefix": redis_prefix,
+        "exact": {"enabled": False},
+        "coalesce": {"backend": "redis"},
+    }
+    replicas = [start_gateway(models=models, cache=shared) for _ in range(2)]
+    text = f"two replicas {uuid.uuid4().hex[:8]}"
+
+    async def both() -> list[list[str]]:
+        return await asyncio.gather(*(_many(r, text, stream=False, model="up-slow") for r in replicas))
+
+    answers = asyncio.run(both())
+    assert answers == [[f"echo: {text}"] * N] * 2
+    assert upstream_calls(fake_openai, text) == 1
+
+
+def test_exact_cache_shared_by_replicas_through_redis(
+    start_gateway: Callable[..., GatewayServer], fake_openai: FakeOpenAI, redis_prefix: str
+) -> None:
+    models = fake_openai_models(fake_openai.base_url, ["up-gpt"])
+    replicas = [start_gateway(models=models, cache={"backend": "redis", "key_prefix": redis_prefix}) for _ in range(2)]
+    text = f"shared answer {uuid.uuid4().hex[:8]}"
+    clients = [openai.OpenAI(base_url=r.base_url, api_key="unused", max_retries=0) for r in replicas]
+    first = clients[0].chat.completions.with_raw_response.create(
+        model="up-gpt", messages=[{"role": "user", "content": text}]
+    )
+    second = clients[1].chat.completions.with_raw_response.create(
+        model="up-gpt", messages=[{"role": "user", "content": text}]
+    )
+    assert first.headers["x-tokenomy-cache"] == "miss"
+    assert second.headers["x-tokenomy-cache"] == "hit-exact"
+    assert second.parse().choices[0].message.content == f"echo: {text}"
+    assert upstream_calls(fake_openai, text) == 1

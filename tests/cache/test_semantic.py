@@ -174,3 +174,31 @@ def test_fixed_threshold_mode(start_gateway: Callable[..., GatewayServer], fake_
     # guards still apply in fixed mode
     ask(server, "Cancel my subscription", team)
     assert ask(server, "Do not cancel my subscription", team).headers["x-tokenomy-cache"] == "miss"
+
+
+@pytest.mark.slow
+def test_semantic_cache_shared_through_pgvector_and_redis(
+    start_gateway: Callable[..., GatewayServer], fake_openai: FakeOpenAI, pgvector_url: str, redis_prefix: str
+) -> None:
+    models = fake_openai_models(fake_openai.base_url, ["up-gpt"])
+    cache = {
+        "backend": "redis",
+        "key_prefix": redis_prefix,
+        "semantic": {
+            "enabled": True,
+            "verify_fraction": 0,
+            "index": "pgvector",
+            "pg_url": pgvector_url,
+            "pg_table": "sem_" + uuid.uuid4().hex[:10],
+        },
+    }
+    first, second = start_gateway(models=models, cache=cache), start_gateway(models=models, cache=cache)
+    team = uuid.uuid4().hex
+    ask(first, "How do I reset my password?", team)
+    hit = ask(second, "How can I reset my password?", team)
+    assert hit.headers["x-tokenomy-cache"] == "hit-semantic"
+    assert text_of(hit) == "echo: How do I reset my password?"
+    trap = ask(second, "How do I not reset my password?", team)
+    assert trap.headers["x-tokenomy-cache"] == "miss"
+    other_tenant = ask(second, "How can I reset my password?", "someone-else")
+    assert other_tenant.headers["x-tokenomy-cache"] == "miss"

@@ -87,6 +87,7 @@ class Comparison:
     jaccard: float  # content-word overlap
     diff_words: int  # content words in one text only
     length_ratio: float  # shorter / longer, in words
+    question_word_differs: bool = False  # "how do I…" vs "why do I…"
 
     @property
     def passed(self) -> bool:
@@ -159,7 +160,19 @@ def compare(a: str, b: str) -> Comparison:
     union = ca | cb
     jaccard = len(ca & cb) / len(union) if union else 1.0
     longer = max(len(la), len(lb)) or 1
-    return Comparison(tuple(reasons), jaccard, len(ca ^ cb), min(len(la), len(lb)) / longer)
+    return Comparison(
+        tuple(reasons), jaccard, len(ca ^ cb), min(len(la), len(lb)) / longer, _question_word(la) != _question_word(lb)
+    )
+
+
+_QUESTION_WORDS = frozenset("what why how when where who whom whose which".split())
+
+
+def _question_word(lowered: list[str]) -> str:
+    for word in lowered:
+        if word in _QUESTION_WORDS:
+            return word
+    return ""
 
 
 def _dedupe(items: list[str]) -> list[str]:

@@ -99,7 +99,7 @@ class SemanticCacheStage(Stage):
         if plan.lookup:
             found = await self.index.search(plan.namespace, context_id, vector, 1)
 
-            if found and found[0][1] >= self.semantic.min_similarity:
+            if found:
                 key, similarity = found[0]
                 answer = await self._get(key)
                 if answer is None:
@@ -207,6 +207,7 @@ def make_policy(settings: CacheSettings) -> Policy:
     return VerifiedPolicy(
         target_error=semantic.target_error,
         verify_fraction=semantic.verify_fraction,
+        explore_fraction=semantic.explore_fraction,
         min_similarity=semantic.min_similarity,
         guards=semantic.guards,
         cold_threshold=semantic.cold_threshold,

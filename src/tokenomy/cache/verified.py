@@ -1,24 +1,29 @@
 """Deciding whether a semantic match may be served: fixed threshold, or verified (learned online).
 
-Verified mode (vCache-style) learns from labels instead of trusting one number:
+Verified mode (vCache-style) learns from labels instead of trusting one number.
+δ (``target_error``) bounds the **false-hit rate**: of the lookups whose best
+cached match is *not* an equivalent request, at most δ may be served.
 
-- **Labels** come from sampled verification (a fraction of would-be hits also
-  goes upstream and the fresh answer is compared with the cached one), from
-  exploration (a candidate that was not served gets compared with the fresh
-  answer the miss fetched anyway — free), and from ``POST /v1/feedback``.
+- **Labels** come from sampled verification (a fraction ``verify_fraction`` of
+  would-be hits also goes upstream and the fresh answer is compared with the
+  cached one), from exploration (a fraction ``explore_fraction`` of misses that
+  had a candidate compare the fresh answer they fetched anyway with the
+  candidate's — no extra upstream call), and from ``POST /v1/feedback``.
+  Each label is weighted by 1/(chance it was taken), so weighted counts are
+  unbiased estimates over all lookups.
 - **A re-ranker**: weighted logistic regression over the cosine similarity and
-  lexical features (overlap, words only in one text, length ratio), refitted
-  as labels arrive. Guards (negation, numbers, entities, opposites) are hard
-  rules before it.
+  lexical features (overlap, words in one text only, length ratio, question
+  word), refitted as labels arrive. Guards (negation, numbers, entities,
+  opposites) are hard rules before it.
 - **A threshold under δ**: the re-ranker's score must clear the lowest cut at
-  which the *upper confidence bound* of the error among served hits is ≤ δ
-  (Wilson bound on importance-weighted labels: verified hits count 1/fraction).
-  Until enough labels exist, a conservative prior applies (cosine ≥ ``cold_threshold``).
+  which the *upper confidence bound* (Wilson) of the weighted false-hit rate is
+  ≤ δ. Until enough wrong candidates have been seen, a conservative prior
+  applies (cosine ≥ ``cold_threshold``).
 - **Per-entry thresholds**: an entry found wrong at similarity s is never again
-  served below s + margin; an entry found wrong twice is only served exactly.
+  served at or below s + margin; an entry found wrong twice is only served exactly.
 
-So the error rate among served hits converges to at most δ whatever the domain,
-and the hit rate grows as the re-ranker learns what a paraphrase looks like there.
+So the false-hit rate converges to at most δ whatever the domain, and the hit
+rate grows as the re-ranker learns what a paraphrase looks like there.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from tokenomy.cache.guards import Comparison
 
 HIT, VERIFY, EXPLORE, REJECT = "hit", "verify", "explore", "reject"
 
-#: features: bias, cosine (centred), cosine², overlap, words in one text only, length ratio
-N_FEATURES = 6
+#: features: bias, cosine (centred), cosine², overlap, words in one text only, length ratio, question word differs
+N_FEATURES = 7
 
 
 def features(similarity: float, comparison: Comparison) -> np.ndarray:
@@ -48,6 +53,7 @@ def features(similarity: float, comparison: Comparison) -> np.ndarray:
             comparison.jaccard,
             min(comparison.diff_words, 12) / 12.0,
             comparison.length_ratio,
+            float(comparison.question_word_differs),
         ],
         dtype=np.float64,
     )
@@ -92,81 +98,97 @@ class _EntryStats:
 
 @dataclass
 class VerifiedPolicy(Policy):
-    """Learned per-entry thresholds and a re-ranker under a target error δ (see module doc)."""
+    """Learned per-entry thresholds and a re-ranker under a target false-hit rate δ (see module doc)."""
 
     target_error: float = 0.01
     verify_fraction: float = 0.05
+    explore_fraction: float = 1.0
     min_similarity: float = 0.80
     guards: bool = True
     cold_threshold: float = 0.97
-    min_labels: int = 200
-    refit_every: int = 100
-    max_observations: int = 50_000
+    #: wrong candidates seen before the learned cut replaces the cold threshold
+    min_wrong: int = 200
+    refit_every: int = 200
+    max_observations: int = 100_000
     margin: float = 0.01
     z: float = 1.645  # one-sided 95 % upper bound
     seed: int | None = None
     weights: np.ndarray | None = None
     cut: float | None = None  # re-ranker score a hit must reach
-    _x: deque = field(default_factory=deque)
-    _y: deque = field(default_factory=deque)
-    _w: deque = field(default_factory=deque)
     _since_fit: int = 0
     _entries: dict[str, _EntryStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.threshold = self.cold_threshold
         self._rng = random.Random(self.seed)
-        self._x = deque(maxlen=self.max_observations)
-        self._y = deque(maxlen=self.max_observations)
-        self._w = deque(maxlen=self.max_observations)
+        self._x: deque[np.ndarray] = deque(maxlen=self.max_observations)
+        self._y: deque[float] = deque(maxlen=self.max_observations)
+        self._w: deque[float] = deque(maxlen=self.max_observations)
+        # weighted wrong candidates that could never be served (below the floor, failed a guard)
+        self._wrong_unservable = 0.0
+        self._wrong_unservable_w2 = 0.0
+        self._wrong_seen = 0
 
     # -- deciding ----------------------------------------------------------------------------
     def score(self, x: np.ndarray) -> float | None:
         if self.weights is None:
             return None
-        return float(1.0 / (1.0 + math.exp(-float(x @ self.weights))))
+        return float(1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, float(x @ self.weights))))))
+
+    def _explore_or_reject(self, similarity: float, reason: str, x: np.ndarray | None = None,
+                           score: float | None = None) -> Decision:
+        """A miss: label it with probability ``explore_fraction`` (no extra upstream call)."""
+        if self.explore_fraction > 0 and (self.explore_fraction >= 1 or self._rng.random() < self.explore_fraction):
+            return Decision(EXPLORE, similarity, score, reason, x, label_weight=1.0 / self.explore_fraction)
+        return Decision(REJECT, similarity, score, reason, x)
 
     def decide(self, entry: str, similarity: float, comparison: Comparison) -> Decision:
         if similarity < self.min_similarity:
-            return Decision(REJECT, similarity, reason="below floor")
+            return self._explore_or_reject(similarity, "below floor")
         if self.guards and not comparison.passed:
-            return Decision(REJECT, similarity, reason=",".join(comparison.reasons))
+            return self._explore_or_reject(similarity, ",".join(comparison.reasons))
+        x = features(similarity, comparison)
         stats = self._entries.get(entry)
         if stats is not None and (stats.wrong >= 2 or similarity <= stats.wrong_at + self.margin):
-            return Decision(EXPLORE, similarity, reason="entry threshold")
-        x = features(similarity, comparison)
+            return self._explore_or_reject(similarity, "entry threshold", x)
         score = self.score(x)
         if score is None or self.cut is None:
             serve = similarity >= self.cold_threshold
         else:
             serve = score >= self.cut
         if not serve:
-            return Decision(EXPLORE, similarity, score, "below learned threshold", x)
+            return self._explore_or_reject(similarity, "below learned threshold", x, score)
         if self.verify_fraction > 0 and self._rng.random() < self.verify_fraction:
             return Decision(VERIFY, similarity, score, "sampled", x, label_weight=1.0 / self.verify_fraction)
-        return Decision(HIT, similarity, score, "", x, label_weight=1.0 / self.verify_fraction if self.verify_fraction else 0.0)
+        weight = 1.0 / self.verify_fraction if self.verify_fraction else 0.0
+        return Decision(HIT, similarity, score, "", x, label_weight=weight)
 
     # -- learning ----------------------------------------------------------------------------
     def observe(self, decision: Decision, correct: bool, entry: str | None = None, *, feedback: bool = False) -> None:
         """A label for a candidate: from verification, exploration or client feedback."""
-        if entry is not None:
+        if entry is not None and decision.features is not None:
             stats = self._entries.setdefault(entry, _EntryStats())
             if correct:
                 stats.right += 1
             else:
                 stats.wrong += 1
                 stats.wrong_at = max(stats.wrong_at, decision.similarity)
-        if decision.features is None:
-            return
-        # feedback on a served hit is not a random sample: weight it like one verified label
+        # feedback on a served hit is not a random sample: it counts once, like a single label
         weight = 1.0 if feedback else decision.label_weight
         if weight <= 0:
+            return
+        if not correct:
+            self._wrong_seen += 1
+        if decision.features is None:
+            if not correct:
+                self._wrong_unservable += weight
+                self._wrong_unservable_w2 += weight * weight
             return
         self._x.append(decision.features)
         self._y.append(1.0 if correct else 0.0)
         self._w.append(weight)
         self._since_fit += 1
-        if len(self._y) >= self.min_labels and self._since_fit >= self.refit_every:
+        if self._wrong_seen >= self.min_wrong and self._since_fit >= self.refit_every:
             self.refit()
 
     @property
@@ -176,7 +198,7 @@ class VerifiedPolicy(Policy):
     def refit(self) -> None:
         """Refit the re-ranker on all kept labels, then the lowest cut meeting δ with confidence."""
         self._since_fit = 0
-        if len(self._y) < self.min_labels:
+        if not self._y:
             return
         x = np.array(self._x)
         y = np.array(self._y)
@@ -184,12 +206,16 @@ class VerifiedPolicy(Policy):
         if y.min() == y.max():
             return  # one class only: nothing to separate yet
         self.weights = _logistic(x, y, w, self.weights)
-        scores = 1.0 / (1.0 + np.exp(-(x @ self.weights)))
-        self.cut = _cut_under(scores, y, w, self.target_error, self.z)
+        scores = 1.0 / (1.0 + np.exp(-np.clip(x @ self.weights, -30, 30)))
+        cut = _cut_under(scores, y, w, self._wrong_unservable, self._wrong_unservable_w2, self.target_error, self.z)
+        self.cut = math.inf if cut is None else cut  # no safe cut yet: serve nothing semantically
 
     def state(self) -> dict[str, object]:
         return {
+            "mode": "verified",
+            "target_false_hit_rate": self.target_error,
             "labels": self.labels,
+            "wrong_seen": self._wrong_seen,
             "cut": self.cut,
             "weights": None if self.weights is None else [round(float(v), 4) for v in self.weights],
             "entries_with_labels": len(self._entries),
@@ -222,17 +248,38 @@ def wilson_upper(errors: float, n: float, z: float) -> float:
     return (centre + spread) / denom
 
 
-def _cut_under(scores: np.ndarray, y: np.ndarray, w: np.ndarray, delta: float, z: float) -> float | None:
-    """Lowest score cut whose served set has an error upper bound ≤ δ (``None``: no such cut)."""
+def _cut_under(
+    scores: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    wrong_elsewhere: float,
+    wrong_elsewhere_w2: float,
+    delta: float,
+    z: float,
+) -> float | None:
+    """Lowest score cut whose weighted false-hit rate has a Wilson upper bound ≤ δ (``None``: none does).
+
+    False-hit rate at a cut = weighted wrong candidates scoring ≥ cut / all weighted
+    wrong candidates (including those that could never be served).
+    """
     order = np.argsort(-scores, kind="stable")
-    s, wrong, weight = scores[order], (1 - y[order]) * w[order], w[order]
-    cum_w = np.cumsum(weight)
-    cum_w2 = np.cumsum(weight * weight)
-    n = cum_w**2 / cum_w2  # effective sample size of importance-weighted labels
-    p = np.cumsum(wrong) / cum_w
+    s = scores[order]
+    wrong_w = (1 - y[order]) * w[order]
+    total = wrong_w.sum() + wrong_elsewhere
+    if total <= 0:
+        return None
+    total_w2 = (wrong_w**2).sum() + wrong_elsewhere_w2
+    n = total**2 / total_w2  # effective number of wrong candidates
+    p = np.cumsum(wrong_w) / total
     upper = (p + z * z / (2 * n) + z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
     last_of_tie = np.append(s[1:] != s[:-1], True)
     ok = np.nonzero((upper <= delta) & last_of_tie)[0]
     if len(ok) == 0:
         return None
+    # the served set must be a prefix that stays under δ all the way down
+    bad = np.nonzero(upper > delta)[0]
+    limit = bad[0] if len(bad) else len(s)
+    ok = ok[ok < limit]
+    if len(ok) == 0:
+        return float("inf")
     return float(s[ok[-1]])
