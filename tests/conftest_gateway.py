@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.harness import GatewayServer, settings_for
 
@@ -15,6 +16,13 @@ from tests.harness import GatewayServer, settings_for
 @pytest.fixture(scope="session")
 def fake_openai() -> Iterator[FakeOpenAI]:
     server = FakeOpenAI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_anthropic() -> Iterator[FakeAnthropic]:
+    server = FakeAnthropic().start()
     yield server
     server.stop()
 
@@ -57,6 +65,7 @@ UPSTREAM_MODELS = [
 def start_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., GatewayServer]]:
     """Start gateways with settings overrides; all are stopped after the test."""
     monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-fake")
+    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-fake")
     servers: list[GatewayServer] = []
 
     def start(**overrides: Any) -> GatewayServer:
@@ -70,7 +79,9 @@ def start_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
 
 
 @pytest.fixture
-def gateway(start_gateway: Callable[..., GatewayServer], fake_openai: FakeOpenAI) -> GatewayServer:
+def gateway(
+    start_gateway: Callable[..., GatewayServer], fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic
+) -> GatewayServer:
     """A gateway with the built-in simulated models and models served by the fake OpenAI upstream."""
     models = fake_openai_models(fake_openai.base_url, UPSTREAM_MODELS, read_timeout_s=1.0)
     models += [
@@ -93,4 +104,18 @@ def gateway(start_gateway: Callable[..., GatewayServer], fake_openai: FakeOpenAI
             ],
         },
     ]
+    models.append(
+        {
+            "name": "claude",
+            "deployments": [
+                {
+                    "provider": "anthropic",
+                    "model": "claude-haiku-4-5",
+                    "base_url": fake_anthropic.base_url,
+                    "api_key_env": "FAKE_ANTHROPIC_KEY",
+                    "read_timeout_s": 5.0,
+                }
+            ],
+        }
+    )
     return start_gateway(models=models)

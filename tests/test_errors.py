@@ -177,3 +177,19 @@ async def test_client_disconnect_cancels_upstream(gateway: GatewayServer) -> Non
     row = {r.request_id: r for r in ledger_rows(gateway)}["gone-1"]
     assert row.outcome == "client_disconnected"
     assert row.input_tokens > 0
+
+
+async def test_client_disconnect_cancels_non_streamed_call(start_gateway, fake_openai) -> None:
+    """A client that gives up on a JSON call: the upstream request is cancelled at once,
+    not left running until the upstream's read timeout."""
+    from tests.conftest_gateway import fake_openai_models
+
+    server = start_gateway(models=fake_openai_models(fake_openai.base_url, ["up-hang"], read_timeout_s=30.0))
+    body = {"model": "up-hang", "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(timeout=0.5) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(server.url + "/v1/chat/completions", json=body, headers={"x-request-id": "gone-json"})
+    await asyncio.sleep(0.5)
+    row = {r.request_id: r for r in ledger_rows(server)}["gone-json"]
+    assert row.outcome == "client_disconnected" and row.status == 499
+    assert row.duration_ms is not None and row.duration_ms < 5000

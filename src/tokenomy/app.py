@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-# TEMP from tokenomy.api import anthropic as anthropic_api
+from tokenomy.api import anthropic as anthropic_api
 from tokenomy.api import cache as cache_api
 from tokenomy.api import health
 from tokenomy.api import openai as openai_api
+from tokenomy.api.router import GatewayASGI
 from tokenomy.cache.layer import CacheLayer, build_cache
-from tokenomy.config import Settings
+from tokenomy.config import ConfigError, Settings
 from tokenomy.models import ModelRegistry
 from tokenomy.pipeline.execute import ExecuteStage
 from tokenomy.pipeline.identify import IdentifyStage
@@ -87,9 +88,12 @@ class Gateway:
 
 def build_gateway(settings: Settings) -> Gateway:
     catalog = PriceCatalog.load_default()
-    if settings.prices:
-        catalog = catalog.with_overrides(settings.prices)
-    registry = ModelRegistry.from_settings(settings, catalog, local_available=local_available())
+    try:
+        if settings.prices:
+            catalog = catalog.with_overrides(settings.prices)
+        registry = ModelRegistry.from_settings(settings, catalog, local_available=local_available())
+    except ValueError as exc:  # a bad price override: say which, before serving anything
+        raise ConfigError(f"invalid configuration: {exc}") from exc
     needed = {target.deployment.provider for entry in registry for target in entry.targets}
     providers = available_providers(needed, settings)
     ledger: Ledger | None = None
@@ -118,7 +122,7 @@ def build_gateway(settings: Settings) -> Gateway:
     return Gateway(settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders, cache=cache)
 
 
-def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
+def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASGI:
     gateway = gateway or build_gateway(settings)
 
     @contextlib.asynccontextmanager
@@ -133,10 +137,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
+        Route("/v1/messages", anthropic_api.messages, methods=["POST"]),
         Route("/v1/feedback", cache_api.feedback, methods=["POST"]),
         Route("/v1/cache/invalidate", cache_api.invalidate, methods=["POST"]),
         Route("/v1/cache/stats", cache_api.stats, methods=["GET"]),
-        # TEMP Route("/v1/messages", anthropic_api.messages, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
     ]
@@ -146,10 +150,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         exception_handlers=health.EXCEPTION_HANDLERS,
     )
     app.state.gateway = gateway
-    return app
+    hot = {route.path: route.endpoint for route in routes if route.methods and "POST" in route.methods}
+    return GatewayASGI(app, hot)
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> GatewayASGI:
     """Factory for ``uvicorn --factory`` (one call per worker process): config from ``TOKENOMY_CONFIG``."""
     from tokenomy.config import load_settings
 

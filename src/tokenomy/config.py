@@ -51,13 +51,18 @@ class ServerSettings(Section):
 
 
 class LedgerSettings(Section):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     #: SQLAlchemy URL. ``sqlite:///…`` (default) or ``postgresql://user@host/db``.
     url: str = "sqlite:///.tokenomy/ledger.db"
+    #: PostgreSQL only: the schema holding the ledger tables (default: the server's search_path).
+    schema_: str | None = Field(None, alias="schema")
     #: The writer flushes when this many rows are waiting…
     batch_size: int = Field(500, ge=1)
     #: …or this often, whichever comes first. Bounds what a hard crash can lose.
     flush_interval_s: float = Field(0.25, gt=0)
-    #: Rows held in memory at most; beyond it new rows wait (back-pressure) instead of growing without bound.
+    #: Rows held in memory at most while the database is unreachable; beyond it new rows are
+    #: dropped, logged and counted (``/readyz``), so the gateway keeps serving.
     max_pending: int = Field(100_000, ge=1)
     enabled: bool = True
 
@@ -120,7 +125,9 @@ class LocalModelSettings(Section):
     #: Requests waiting for a worker at most; beyond it callers get 429.
     max_queue: int = Field(32, ge=0)
     n_ctx: int = Field(2048, ge=256)
-    threads: int = Field(2, ge=1)
+    #: CPU threads per generation. 1 by default: on a 2-core machine a second llama.cpp thread
+    #: competes with the event loop and stalls generations for seconds under load (measured).
+    threads: int = Field(1, ge=1)
 
 
 class ExactCacheSettings(Section):

@@ -85,7 +85,8 @@ class FakeOpenAI:
         self._loop.close()
 
     async def _open(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # handler_cancellation: a "hang" handler ends when the gateway drops the connection
+        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()

@@ -25,10 +25,12 @@ from tokenomy.api.http import (
     sse_event,
     until_disconnect,
 )
-from tokenomy.api.openai import SSEResponse, add_cost
+from tokenomy.api.openai import add_cost
+from tokenomy.api.sse import SSEResponse
 from tokenomy.errors import GatewayError
 from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.reply import Completion, Reply, StreamReply
+from tokenomy.tokens.counting import count_messages
 from tokenomy.providers.anthropic_format import (
     OpenAIToAnthropicStream,
     anthropic_error_body,
@@ -68,16 +70,23 @@ def render(call: Call, reply: Reply, model: str) -> Response:
 
 
 async def anthropic_events(call: Call, reply: StreamReply, model: str) -> AsyncIterator[bytes]:
-    translator = OpenAIToAnthropicStream(model)
+    """Anthropic's event sequence; the final ``message_delta`` usage carries the cost."""
+    translator = OpenAIToAnthropicStream(model, input_tokens=_estimated_input(call))
     try:
+        for event, data in translator.start():
+            yield sse_event(orjson.dumps(data), event)
         async for chunk in reply.chunks():
             for event, data in translator.feed(chunk):
-                if event == "message_delta" and call.trace.items:
-                    add_cost(data.setdefault("usage", {}), call)
                 yield sse_event(orjson.dumps(data), event)
-        for event, data in translator.close():
-            if event == "message_delta" and call.trace.items:
-                add_cost(data.setdefault("usage", {}), call)
+        for event, data in translator.close(reply.stream.usage):
+            if event == "message_delta":
+                add_cost(data["usage"], call)
             yield sse_event(orjson.dumps(data), event)
     except GatewayError as err:
-        yield sse_event(orjson.dumps(anthropic_error_body(err.status, err.message)), "error")
+        event, data = OpenAIToAnthropicStream.error_event(err.status, err.message)
+        yield sse_event(orjson.dumps(data), event)
+
+
+def _estimated_input(call: Call) -> int:
+    """``message_start`` must state input tokens before the upstream reports them: count them."""
+    return count_messages(call.body.get("messages") or [], call.model_served, tools=call.body.get("tools"))

@@ -12,8 +12,7 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
 
 from tokenomy.api.http import (
     ClientGone,
@@ -27,6 +26,7 @@ from tokenomy.api.http import (
     sse_event,
     until_disconnect,
 )
+from tokenomy.api.sse import SSEResponse
 from tokenomy.api.validate import validate_chat, validate_embeddings
 from tokenomy.errors import GatewayError
 from tokenomy.pipeline.call import Call
@@ -124,34 +124,3 @@ async def openai_events(call: Call, reply: StreamReply, include_usage: bool) -> 
         yield sse_event(orjson.dumps(err.envelope()))
         return
     yield b"data: [DONE]\n\n"
-
-
-class SSEResponse(StreamingResponse):
-    """A server-sent-events response that always finalizes its stream.
-
-    If the client leaves before the first byte, Starlette never starts the body
-    iterator; the ``finally`` here still closes the upstream and records the call.
-    """
-
-    media_type = "text/event-stream"
-
-    def __init__(self, reply: StreamReply, events: AsyncIterator[bytes]) -> None:
-        headers = {
-            **reply.call.response_headers(),
-            **reply.headers,
-            "cache-control": "no-cache",
-            "x-accel-buffering": "no",
-        }
-        headers.pop("x-tokenomy-cost-usd", None)  # not known yet: it arrives in the usage chunk
-        headers.pop("x-tokenomy-baseline-cost-usd", None)
-        super().__init__(events, headers=headers)
-        self.reply = reply
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            if not self.reply.stream.completed:
-                await self.reply.stream.aclose()
-            await self.reply.finish(None if self.reply.stream.completed else ClientGone())
-

@@ -16,6 +16,7 @@ from tokenomy.pipeline.call import Call, CostItem
 from tokenomy.pipeline.reply import Completion, Reply, StreamReply
 from tokenomy.pipeline.runner import Next, Stage
 from tokenomy.pricing.cost import cost_usd
+from tokenomy.providers.anthropic_client_request import strip_anthropic_extensions
 from tokenomy.providers.base import Provider
 from tokenomy.providers.usage import Usage
 from tokenomy.tokens.counting import count_messages, count_text
@@ -34,6 +35,8 @@ class ExecuteStage(Stage):
         deployment = target.deployment
         provider = self.providers[deployment.provider]
         body = call.body
+        if call.api == "anthropic" and not provider.accepts_anthropic_extensions:
+            body = strip_anthropic_extensions(body)
         if body.get("model") != deployment.upstream_model:
             body = {**body, "model": deployment.upstream_model}
         call.model_served = deployment.name

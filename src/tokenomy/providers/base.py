@@ -109,6 +109,9 @@ class Provider(abc.ABC):
 
     #: the name used in config (``provider: openai``)
     name: str = ""
+    #: whether requests may keep Anthropic-only keys (``cache_control`` on parts,
+    #: ``thinking``…) that clients of ``/v1/messages`` send; others get them stripped
+    accepts_anthropic_extensions: bool = False
 
     @abc.abstractmethod
     async def chat(self, deployment: Deployment, body: dict[str, Any]) -> ChatResult:

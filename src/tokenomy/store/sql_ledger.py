@@ -1,0 +1,315 @@
+"""``Ledger`` on SQL: SQLite embedded by default, PostgreSQL when replicas share it.
+
+One implementation serves both, on SQLAlchemy 2 Core with async drivers
+(aiosqlite, asyncpg). The few dialect differences are kept in small functions
+here: the driver in the URL, SQLite pragmas, the idempotent insert, and how a
+JSON list of tags is unnested for reports.
+
+Tags stay a JSON column (JSONB on PostgreSQL) rather than a child table
+``ledger_tags``: a flush is then one ``executemany`` into one table, which is
+what the request path's writer pays for, while the reports that unnest tags
+(``json_each`` / ``jsonb_array_elements_text``) are rare and run off the hot path.
+JSONB also allows a GIN index for ``tags @> '["x"]'`` filters later. ``stage_ms``
+and ``cost_items`` are plain JSON: cheaper to insert than JSONB, and they keep
+their key order; nothing queries inside them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tokenomy.config import ConfigError
+from tokenomy.store.ledger import NO_GROUP, SPEND_DIMENSIONS, Ledger, LedgerRow, SpendGroup
+from tokenomy.store.migrations import upgrade_head
+
+_UTC = dt.timezone.utc
+
+
+class UTCDateTime(sa.TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every dialect.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so values are
+    stored as naive UTC (fixed-width text that sorts chronologically) and given
+    their UTC zone back on the way out. Naive inputs are taken to be UTC.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=_UTC) if value.tzinfo is None else value.astimezone(_UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=_UTC) if value.tzinfo is None else value.astimezone(_UTC)
+
+
+def _tags_json() -> sa.types.TypeEngine[Any]:
+    # JSONB on PostgreSQL: jsonb_array_elements_text unnests it for tag reports.
+    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+metadata = sa.MetaData()
+
+#: The live table. Its shape must match the migrations' head (a test compares them).
+LEDGER = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("duration_ms", sa.Float(), nullable=True),
+    sa.Column("api", sa.String(), nullable=False),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("endpoint", sa.String(), nullable=True),
+    sa.Column("traffic_class", sa.String(), nullable=False),
+    sa.Column("stream", sa.Boolean(), nullable=False),
+    sa.Column("key_id", sa.String(), nullable=True),
+    sa.Column("org", sa.String(), nullable=True),
+    sa.Column("team", sa.String(), nullable=True),
+    sa.Column("feature", sa.String(), nullable=True),
+    sa.Column("customer", sa.String(), nullable=True),
+    sa.Column("tags", _tags_json(), nullable=False),
+    sa.Column("model_asked", sa.String(), nullable=False),
+    sa.Column("model_served", sa.String(), nullable=True),
+    sa.Column("provider", sa.String(), nullable=True),
+    sa.Column("input_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("output_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("cached_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("cache_write_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("cost_usd", sa.Float(), nullable=True),
+    sa.Column("baseline_usd", sa.Float(), nullable=True),
+    sa.Column("cache_status", sa.String(), nullable=False),
+    sa.Column("outcome", sa.String(), nullable=False),
+    sa.Column("status", sa.Integer(), nullable=False),
+    sa.Column("error_message", sa.Text(), nullable=True),
+    sa.Column("upstream_ms", sa.Float(), nullable=True),
+    sa.Column("stage_ms", sa.JSON(), nullable=False),
+    sa.Column("cost_items", sa.JSON(), nullable=False),
+    sa.UniqueConstraint("request_id", name="uq_ledger_request_id"),
+    sa.Index("ix_ledger_created_at", "created_at"),
+    *(
+        sa.Index(f"ix_ledger_{dimension}_created_at", dimension, "created_at")
+        for dimension in ("team", "feature", "customer", "model_served")
+    ),
+)
+
+_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
+_row_values: Callable[[LedgerRow], tuple[Any, ...]] = operator.attrgetter(*_FIELDS)  # type: ignore[assignment]
+_ROW_COLUMNS = [LEDGER.c[name] for name in _FIELDS]
+
+
+def async_url(url: str) -> sa.URL:
+    """The async-driver form of a plain ``sqlite:///…`` or ``postgresql://…`` URL.
+
+    Users write the URLs they know; the driver is our business. An explicit
+    synchronous driver (``postgresql+psycopg2``) is refused rather than swapped
+    silently, since its query options may not mean the same to asyncpg.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"ledger.url {url!r} is not a database URL: {exc}") from exc
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and driver in ("", "asyncpg"):
+        return parsed.set(drivername="postgresql+asyncpg")
+    if backend == "sqlite" and driver in ("", "aiosqlite"):
+        return parsed.set(drivername="sqlite+aiosqlite")
+    raise ConfigError(
+        f"ledger.url: unsupported database {parsed.drivername!r}; "
+        "use sqlite:///path/to/ledger.db or postgresql://user@host/db"
+    )
+
+
+def _json_dumps(value: Any) -> str:
+    # orjson: faster than json, and writes NaN as null, which PostgreSQL accepts.
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets reports read while the writer writes; NORMAL sync is durable enough
+    in WAL mode (a power cut may lose the last commits, never corrupt), and the
+    busy timeout makes concurrent processes wait for the lock instead of failing."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout = 5000")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+class SQLLedger(Ledger):
+    """The ledger in one SQL table, ``ledger``, migrated by Alembic on ``start()``.
+
+    ``schema`` (PostgreSQL only) puts the table in that schema via the
+    connection's ``search_path``; the schema must exist.
+
+        ledger = SQLLedger("sqlite:///.tokenomy/ledger.db")
+        await ledger.start()
+        await ledger.write_many(rows)
+        groups = await ledger.spend_summary("team", since=week_ago)
+        await ledger.aclose()
+    """
+
+    def __init__(self, url: str, *, schema: str | None = None, echo: bool = False) -> None:
+        self.url = async_url(url)
+        self.dialect = self.url.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo, "json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+        if self.dialect == "postgresql":
+            # Pre-ping: after a database restart the writer's next flush gets a
+            # fresh connection instead of failing once on a dead one.
+            kwargs["pool_pre_ping"] = True
+            if schema is not None:
+                kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
+        elif schema is not None:
+            raise ConfigError("ledger: a schema is only supported on PostgreSQL")
+        self._engine_kwargs = kwargs
+        self._engine: AsyncEngine | None = None
+        self._insert = self._insert_statement()
+
+    def _insert_statement(self) -> sa.Insert:
+        # Idempotent on request_id: a batch retried after a timeout that actually
+        # committed, or a duplicate id, must not fail the rows around it.
+        if self.dialect == "postgresql":
+            return postgresql.insert(LEDGER).on_conflict_do_nothing(index_elements=["request_id"])
+        return sqlite.insert(LEDGER).on_conflict_do_nothing(index_elements=["request_id"])
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("SQLLedger.start() has not been called")
+        return self._engine
+
+    async def start(self) -> None:
+        if self._engine is not None:
+            return
+        if self.dialect == "sqlite":
+            database = self.url.database
+            if database and database != ":memory:" and not database.startswith("file:"):
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(self.url, **self._engine_kwargs)
+        if self.dialect == "sqlite":
+            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        try:
+            async with engine.begin() as conn:
+                # Alembic is synchronous; run_sync runs it on the async connection
+                # without blocking the event loop on I/O.
+                await conn.run_sync(upgrade_head)
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine = engine
+
+    async def write_many(self, rows: Sequence[LedgerRow]) -> None:
+        if not rows:
+            return
+        params = [dict(zip(_FIELDS, _row_values(row))) for row in rows]
+        async with self.engine.begin() as conn:
+            await conn.execute(self._insert, params)
+
+    async def fetch(self, *, since: dt.datetime | None = None, limit: int | None = None) -> list[LedgerRow]:
+        stmt = sa.select(*_ROW_COLUMNS).order_by(LEDGER.c.created_at.desc(), LEDGER.c.id.desc())
+        if since is not None:
+            stmt = stmt.where(LEDGER.c.created_at >= since)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        async with self.engine.connect() as conn:
+            result = await conn.execute(stmt)
+            return [LedgerRow(*row) for row in result]
+
+    async def count(self) -> int:
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(sa.select(sa.func.count()).select_from(LEDGER)) or 0)
+
+    async def spend_summary(
+        self, by: str, since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> list[SpendGroup]:
+        stmt = spend_summary_query(self.dialect, by, since, until)
+        async with self.engine.connect() as conn:
+            result = await conn.execute(stmt)
+            return [
+                SpendGroup(
+                    group=str(row.spend_group),
+                    requests=int(row.requests),
+                    input_tokens=int(row.input_tokens),
+                    output_tokens=int(row.output_tokens),
+                    cost_usd=float(row.cost_usd),
+                    baseline_usd=float(row.baseline_usd),
+                    savings_usd=float(row.savings_usd),
+                    unknown_cost_count=int(row.unknown_cost_count),
+                )
+                for row in result
+            ]
+
+    async def aclose(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.dispose()
+
+
+def spend_summary_query(
+    dialect: str, by: str, since: dt.datetime | None = None, until: dt.datetime | None = None
+) -> sa.Select[Any]:
+    """The ``GROUP BY`` behind ``spend_summary``; ``dialect`` matters only for ``by="tag"``."""
+    if by not in SPEND_DIMENSIONS:
+        raise ValueError(f"cannot group spend by {by!r}; choose one of {', '.join(SPEND_DIMENSIONS)}")
+    table = LEDGER
+    source: sa.FromClause = table
+    if by == "tag":
+        # One output row per (ledger row, tag); the outer join keeps untagged
+        # rows, whose NULL tag becomes the "(none)" group below.
+        if dialect == "postgresql":
+            tags = sa.func.jsonb_array_elements_text(table.c.tags).table_valued("value").render_derived(name="tag")
+            tags = tags.lateral()
+        else:
+            tags = sa.func.json_each(table.c.tags).table_valued("value").alias("tag")
+        source = table.outerjoin(tags, sa.true())
+        key: sa.ColumnElement[Any] = tags.c.value
+    else:
+        key = table.c[SPEND_DIMENSIONS[by]]
+
+    both_known = sa.and_(table.c.cost_usd.is_not(None), table.c.baseline_usd.is_not(None))
+    # A literal, not a bound parameter: GROUP BY must repeat the select's
+    # expression exactly, and two binds ($1, $9) would not compare equal.
+    none = sa.literal_column("'" + NO_GROUP.replace("'", "''") + "'", sa.String())
+    group = sa.func.coalesce(key, none).label("spend_group")
+    cost = sa.func.coalesce(sa.func.sum(table.c.cost_usd), 0.0).label("cost_usd")
+    stmt = (
+        sa.select(
+            group,
+            sa.func.count().label("requests"),
+            sa.func.coalesce(sa.func.sum(table.c.input_tokens), 0).label("input_tokens"),
+            sa.func.coalesce(sa.func.sum(table.c.output_tokens), 0).label("output_tokens"),
+            cost,
+            sa.func.coalesce(sa.func.sum(table.c.baseline_usd), 0.0).label("baseline_usd"),
+            sa.func.coalesce(
+                sa.func.sum(sa.case((both_known, table.c.baseline_usd - table.c.cost_usd), else_=0.0)), 0.0
+            ).label("savings_usd"),
+            sa.func.coalesce(sa.func.sum(sa.case((table.c.cost_usd.is_(None), 1), else_=0)), 0).label(
+                "unknown_cost_count"
+            ),
+        )
+        .select_from(source)
+        .group_by(group)
+        .order_by(cost.desc(), group)
+    )
+    if since is not None:
+        stmt = stmt.where(table.c.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(table.c.created_at < until)
+    return stmt
