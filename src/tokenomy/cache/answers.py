@@ -173,7 +173,8 @@ class StreamAssembler:
             state = self.choices[index]
             message: dict[str, Any] = {
                 "role": state["role"],
-                "content": "".join(state["content"]) if state["content"] or not state["tool_calls"] else None,
+                # a tool-call answer has content null (a stream's opening chunk says content "")
+                "content": ("".join(state["content"]) or None) if state["tool_calls"] else "".join(state["content"]),
                 "refusal": "".join(state["refusal"]) or None,
             }
             if state["tool_calls"]:

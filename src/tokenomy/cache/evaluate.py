@@ -249,6 +249,7 @@ def run(
     thresholds: Iterable[float] = DEFAULT_THRESHOLDS,
     target_error: float = 0.01,
     verify_fraction: float = 0.05,
+    explore_fraction: float = 0.5,
     vectors_cache: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
@@ -259,7 +260,9 @@ def run(
     c = candidates(pairs, vectors)
     plain = fixed_sweep(c, thresholds, guards=False)
     guarded = fixed_sweep(c, thresholds, guards=True)
-    policy = VerifiedPolicy(target_error=target_error, verify_fraction=verify_fraction, seed=seed)
+    policy = VerifiedPolicy(
+        target_error=target_error, verify_fraction=verify_fraction, explore_fraction=explore_fraction, seed=seed
+    )
     verified, later = verified_run(c, policy, seed)
     bound = verified.false_hit_rate
     return {
@@ -280,3 +283,36 @@ def run(
 
 def _maybe(outcome: Outcome | None) -> dict[str, Any] | None:
     return outcome.as_dict() if outcome else None
+
+
+def render(result: dict[str, Any]) -> str:
+    """A plain-text report: the threshold sweep (the curve) and the verified mode against it."""
+    lines = [
+        f"pairs {result['pairs']}: {result['duplicates']} duplicates, {result['non_duplicates']} non-duplicates"
+        f"  ({result['seconds']} s)",
+        "",
+        f"{'policy':<24}{'hit rate':>10}{'false hits':>12}{'wrong/served':>14}{'served':>8}",
+    ]
+
+    def row(o: dict[str, Any]) -> str:
+        return (
+            f"{o['policy']:<24}{o['hit_rate']:>10.1%}{o['false_hit_rate']:>12.2%}"
+            f"{o['error_among_served']:>14.1%}{o['served']:>8}"
+        )
+
+    for name in ("fixed", "fixed_guarded"):
+        lines.extend(row(o) for o in result[name])
+        lines.append("")
+    lines.append(row(result["verified"]) + f"   upstream checks {result['verified']['upstream_checks']}")
+    lines.append(row(result["verified_second_half"]))
+    learned = result["learned"]
+    lines.append(f"learned: {learned}")
+    lines.append("")
+    for label, key in (
+        ("best fixed threshold at the verified false-hit rate", "best_fixed_at_same_false_hit_rate"),
+        ("best fixed threshold + guards at that rate", "best_fixed_guarded_at_same_false_hit_rate"),
+        ("best fixed threshold at the target δ", "best_fixed_at_target"),
+    ):
+        o = result.get(key)
+        lines.append(f"{label}: " + (row(o).strip() if o else "none"))
+    return "\n".join(lines)

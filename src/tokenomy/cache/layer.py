@@ -52,7 +52,7 @@ def build_cache(settings: CacheSettings, *, embedder: Any = None) -> CacheLayer:
     if not settings.enabled:
         return layer
     layer.stages.append(ExactCacheStage(store, planner, settings))
-    if settings.semantic.enabled:
+    if settings.semantic.enabled or any(policy.semantic for policy in settings.policies):
         from tokenomy.cache.semantic import build_semantic_stage
 
         layer.semantic = build_semantic_stage(settings, store, planner, embedder=embedder)

@@ -75,8 +75,11 @@ class CachePlanner:
         serve_sampled = settings.serve_sampled
         shared = settings.shared
         if policy is not None:
-            exact = exact and (policy.exact if policy.exact is not None else True)
-            semantic = semantic and (policy.semantic if policy.semantic is not None else True)
+            # a policy may switch a tier on or off for its calls; the request's header can still switch it off
+            if policy.exact is not None:
+                exact = policy.exact and control.exact
+            if policy.semantic is not None:
+                semantic = policy.semantic and control.semantic
             ttl = policy.ttl_s or ttl
             serve_sampled = policy.serve_sampled if policy.serve_sampled is not None else serve_sampled
             shared = policy.shared if policy.shared is not None else shared
