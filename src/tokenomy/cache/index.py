@@ -11,6 +11,7 @@ this machine, DESIGN.md §7). The shared implementation is pgvector
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections import OrderedDict
 
 import numpy as np
@@ -46,15 +47,35 @@ class VectorIndex(abc.ABC):
         """Release connections."""
 
 
-class _Partition:
-    """Rows of one (namespace, context): a growable float32 matrix and its keys."""
+#: partitions at least this large are searched off the event loop (a 100k search takes a few ms)
+OFFLOAD_ROWS = 20_000
 
-    __slots__ = ("matrix", "keys", "rows")
+
+def _top_k(matrix: np.ndarray, n: int, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = matrix[:n] @ vector
+    if n <= k:
+        top = np.argsort(-scores)
+    else:
+        top = np.argpartition(-scores, k)[:k]
+        top = top[np.argsort(-scores[top])]
+    return top, scores[top]
+
+
+class _Partition:
+    """Rows of one (namespace, context): a growable float32 matrix and its keys.
+
+    ``version`` changes whenever rows move (a removal swaps the last row into the
+    hole), so a search run in another thread knows whether its row numbers still
+    name the same keys. Appends never move rows.
+    """
+
+    __slots__ = ("matrix", "keys", "rows", "version")
 
     def __init__(self, dim: int) -> None:
         self.matrix = np.zeros((16, dim), dtype=np.float32)
         self.keys: list[str] = []
         self.rows: dict[str, int] = {}
+        self.version = 0
 
     def add(self, key: str, vector: np.ndarray) -> None:
         row = self.rows.get(key)
@@ -72,6 +93,7 @@ class _Partition:
         row = self.rows.pop(key, None)
         if row is None:
             return False
+        self.version += 1
         last = len(self.keys) - 1
         if row != last:  # move the last row into the hole
             moved = self.keys[last]
@@ -85,13 +107,15 @@ class _Partition:
         n = len(self.keys)
         if n == 0:
             return []
-        scores = self.matrix[:n] @ vector
-        if n <= k:
-            top = np.argsort(-scores)
-        else:
-            top = np.argpartition(-scores, k)[:k]
-            top = top[np.argsort(-scores[top])]
-        return [(self.keys[i], float(scores[i])) for i in top]
+        top, scores = _top_k(self.matrix, n, vector, k)
+        return [(self.keys[i], float(s)) for i, s in zip(top, scores)]
+
+    async def search_off_loop(self, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
+        version, matrix, n = self.version, self.matrix, len(self.keys)
+        top, scores = await asyncio.to_thread(_top_k, matrix, n, vector, k)
+        if self.version != version:  # rows moved meanwhile: row numbers may name other keys now
+            return self.search(vector, k)
+        return [(self.keys[i], float(s)) for i, s in zip(top, scores)]
 
 
 class MemoryVectorIndex(VectorIndex):
@@ -135,7 +159,12 @@ class MemoryVectorIndex(VectorIndex):
             order[key] = context
 
     async def search(self, namespace: str, context: str, vector: np.ndarray, k: int = 1) -> list[tuple[str, float]]:
-        return self.search_now(namespace, context, vector, k)
+        part = self._partitions.get((namespace, context))
+        if part is None:
+            return []
+        if len(part.keys) >= OFFLOAD_ROWS:
+            return await part.search_off_loop(vector, k)
+        return part.search(vector, k)
 
     def search_now(self, namespace: str, context: str, vector: np.ndarray, k: int = 1) -> list[tuple[str, float]]:
         part = self._partitions.get((namespace, context))
