@@ -171,6 +171,7 @@ def eval_cache(
     target_error: float = typer.Option(0.01, "--target-error", help="Verified mode: false-hit rate allowed (δ)."),
     verify_fraction: float = typer.Option(0.05, "--verify-fraction", help="Share of would-be hits verified upstream."),
     explore_fraction: float = typer.Option(0.5, "--explore-fraction", help="Share of misses compared (free labels)."),
+    fill: str = typer.Option("pair", "--fill", help="pair: each b against its own a; all: against every a."),
     seed: int = typer.Option(0, "--seed"),
     vectors: Optional[Path] = typer.Option(
         Path(".tokenomy/eval-vectors"), "--vectors", help="Directory caching embeddings between runs ('' to disable)."
@@ -201,6 +202,7 @@ def eval_cache(
             target_error=target_error,
             verify_fraction=verify_fraction,
             explore_fraction=explore_fraction,
+            fill=fill,
             vectors_cache=vectors if vectors and str(vectors) else None,
             progress=advance,
         )

@@ -1,11 +1,17 @@
 """``tokenomy eval cache``: how often the semantic cache finds a true duplicate, and how often it lies.
 
 Input: JSONL (optionally gzipped) of ``{"a": ..., "b": ..., "duplicate": bool}``.
-The cache is filled with every ``a``; each ``b`` is then looked up (top-1 among
-all ``a``, as the gateway does). A lookup is *served* when the policy says so.
-Served is **correct** only when the match is the pair's own ``a`` and the pair
-is a duplicate; anything else served is a wrong answer (conservative: a match
-with some other question counts as wrong).
+The cache is filled with ``a`` and each ``b`` is looked up; a lookup is *served*
+when the policy says so. Two fills:
+
+- ``pair`` (default): each ``b`` is looked up in a cache holding its own ``a``
+  (one namespace per pair). Every decision is on a labelled pair, so hit and
+  false-hit rates measure the policy and nothing else.
+- ``all``: one cache holding every ``a``; each ``b`` gets its top-1 among all of
+  them, as the gateway would. Served is correct only when the match is the
+  pair's own ``a`` and the pair is a duplicate; a match with some other
+  question is unlabelled and counted as wrong (conservative: on QQP many such
+  matches are in fact paraphrases, so this fill overstates false hits).
 
 Reported per policy:
 
@@ -152,7 +158,22 @@ def embed_texts(
     return {t: store.vectors[t] for t in texts}
 
 
+def pair_candidates(pairs: list[Pair], vectors: dict[str, np.ndarray]) -> Candidates:
+    """Each ``b`` against its own ``a`` only."""
+    sims = np.array([float(vectors[p.a] @ vectors[p.b]) for p in pairs], dtype=np.float32)
+    comparisons = [compare(p.b, p.a) for p in pairs]
+    return Candidates(
+        similarity=sims,
+        own=np.ones(len(pairs), dtype=bool),
+        duplicate=np.array([p.duplicate for p in pairs]),
+        guards_pass=np.array([c.passed for c in comparisons]),
+        comparisons=comparisons,
+        matched=[f"{i}:{p.a}" for i, p in enumerate(pairs)],
+    )
+
+
 def candidates(pairs: list[Pair], vectors: dict[str, np.ndarray]) -> Candidates:
+    """Each ``b``'s top-1 among every ``a``."""
     a_texts = list(dict.fromkeys(p.a for p in pairs))
     a_matrix = np.stack([vectors[t] for t in a_texts])
     b_matrix = np.stack([vectors[p.b] for p in pairs])
@@ -250,6 +271,7 @@ def run(
     target_error: float = 0.01,
     verify_fraction: float = 0.05,
     explore_fraction: float = 0.5,
+    fill: str = "pair",
     vectors_cache: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
@@ -257,7 +279,9 @@ def run(
     pairs = load_pairs(pairs_file, limit, seed)
     texts = list(dict.fromkeys([p.a for p in pairs] + [p.b for p in pairs]))
     vectors = embed_texts(texts, vectors_cache, progress)
-    c = candidates(pairs, vectors)
+    if fill not in ("pair", "all"):
+        raise ValueError("fill must be 'pair' or 'all'")
+    c = pair_candidates(pairs, vectors) if fill == "pair" else candidates(pairs, vectors)
     plain = fixed_sweep(c, thresholds, guards=False)
     guarded = fixed_sweep(c, thresholds, guards=True)
     policy = VerifiedPolicy(
@@ -267,6 +291,7 @@ def run(
     bound = verified.false_hit_rate
     return {
         "pairs": len(pairs),
+        "fill": fill,
         "duplicates": int(c.duplicate.sum()),
         "non_duplicates": int((~c.duplicate).sum()),
         "fixed": [o.as_dict() for o in plain],
@@ -288,8 +313,8 @@ def _maybe(outcome: Outcome | None) -> dict[str, Any] | None:
 def render(result: dict[str, Any]) -> str:
     """A plain-text report: the threshold sweep (the curve) and the verified mode against it."""
     lines = [
-        f"pairs {result['pairs']}: {result['duplicates']} duplicates, {result['non_duplicates']} non-duplicates"
-        f"  ({result['seconds']} s)",
+        f"pairs {result['pairs']} (fill: {result['fill']}): {result['duplicates']} duplicates,"
+        f" {result['non_duplicates']} non-duplicates  ({result['seconds']} s)",
         "",
         f"{'policy':<24}{'hit rate':>10}{'false hits':>12}{'wrong/served':>14}{'served':>8}",
     ]

@@ -257,10 +257,13 @@ def _cut_under(
     delta: float,
     z: float,
 ) -> float | None:
-    """Lowest score cut whose weighted false-hit rate has a Wilson upper bound ≤ δ (``None``: none does).
+    """Lowest score cut whose weighted false-hit rate has an upper confidence bound ≤ δ (``None``: none does).
 
     False-hit rate at a cut = weighted wrong candidates scoring ≥ cut / all weighted
-    wrong candidates (including those that could never be served).
+    wrong candidates (including those that could never be served). The bound uses the
+    variance of this importance-weighted ratio, so a few heavily weighted verified
+    hits widen it as they should: p + z·sqrt(Σ wᵢ²(xᵢ − p)²) / Σ wᵢ, plus one
+    wrong label's worth of slack.
     """
     order = np.argsort(-scores, kind="stable")
     s = scores[order]
@@ -268,18 +271,18 @@ def _cut_under(
     total = wrong_w.sum() + wrong_elsewhere
     if total <= 0:
         return None
-    total_w2 = (wrong_w**2).sum() + wrong_elsewhere_w2
-    n = total**2 / total_w2  # effective number of wrong candidates
-    p = np.cumsum(wrong_w) / total
-    upper = (p + z * z / (2 * n) + z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    sq = wrong_w**2
+    all_sq = sq.sum() + wrong_elsewhere_w2
+    above = np.cumsum(wrong_w)  # weighted wrong candidates served at each cut
+    above_sq = np.cumsum(sq)
+    p = above / total
+    # Σ w²(x − p)² split into the served part (x = 1) and the rest (x = 0)
+    var = (above_sq * (1 - p) ** 2 + (all_sq - above_sq) * p**2) / total**2
+    upper = p + z * np.sqrt(var) + w.max() / total
     last_of_tie = np.append(s[1:] != s[:-1], True)
-    ok = np.nonzero((upper <= delta) & last_of_tie)[0]
+    bad = np.nonzero(upper > delta)[0]
+    limit = bad[0] if len(bad) else len(s)  # the served set must stay under δ all the way down
+    ok = np.nonzero(last_of_tie[:limit])[0]
     if len(ok) == 0:
         return None
-    # the served set must be a prefix that stays under δ all the way down
-    bad = np.nonzero(upper > delta)[0]
-    limit = bad[0] if len(bad) else len(s)
-    ok = ok[ok < limit]
-    if len(ok) == 0:
-        return float("inf")
     return float(s[ok[-1]])
