@@ -18,8 +18,14 @@ Target (issue #4): ≤ 10 ms p50 at 100k entries, embedding included.
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
+
+# one BLAS thread: a matrix-vector product gains nothing from a second one on 2 shared cores
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
 import statistics
 import time
 from pathlib import Path
