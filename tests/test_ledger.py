@@ -292,7 +292,7 @@ async def test_schema_is_at_head_and_matches_the_live_table(ledger: SQLLedger) -
 
     async with ledger.engine.connect() as conn:
         revision, diff = await conn.run_sync(inspect)
-    assert revision == head == "0001_ledger"
+    assert revision == head == "0003_route"
     assert diff == []
 
 

@@ -24,7 +24,6 @@ from tokenomy.api.router import GatewayASGI
 from tokenomy.cache.layer import CacheLayer, build_cache
 from tokenomy.config import ConfigError, Settings
 from tokenomy.models import ModelRegistry
-from tokenomy.pipeline.execute import ExecuteStage
 from tokenomy.pipeline.identify import IdentifyStage
 from tokenomy.pipeline.record import RecordStage, Recorder
 from tokenomy.pipeline.resolve import ResolveStage
@@ -33,10 +32,14 @@ from tokenomy.pricing.catalog import PriceCatalog
 from tokenomy.providers import available_providers
 from tokenomy.providers.base import Provider
 from tokenomy.providers.local import is_available as local_available
+from tokenomy.routing.fallback import LatencyBoard, ResilientExecuteStage
+from tokenomy.routing.health import DeploymentHealth, MemoryHealth, RedisHealth
+from tokenomy.routing.stage import RouteStage
 from tokenomy.store.ledger import Ledger, LedgerRow
 from tokenomy.store.ledger_factory import make_ledger
 from tokenomy.store.writer import LedgerWriter
 from tokenomy.tokens.counting import warm_up
+from tokenomy.tokens.stage import build_token_stage
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class Gateway:
     writer: LedgerWriter | None
     ready: bool = False
     recorders: list[Recorder] = field(default_factory=list)
+    health: DeploymentHealth | None = None
     cache: CacheLayer | None = None
 
     async def start(self) -> None:
@@ -75,6 +79,8 @@ class Gateway:
                 await provider.aclose()
             except Exception:
                 log.exception("closing provider %s failed", provider.name)
+        if self.health is not None:
+            await self.health.aclose()
         if self.cache is not None:
             try:
                 await self.cache.aclose()
@@ -110,16 +116,52 @@ def build_gateway(settings: Settings) -> Gateway:
         sink = writer.record
         recorders.append(lambda call: sink(LedgerRow.from_call(call)))
     cache = build_cache(settings.cache)
+    routing = settings.routing
+    health: DeploymentHealth
+    if routing.health.redis_url:
+        health = RedisHealth(
+            routing.health.redis_url,
+            routing.health.key_prefix,
+            routing.health.failures,
+            routing.health.cooldown_s,
+        )
+    else:
+        health = MemoryHealth(routing.health.failures, routing.health.cooldown_s)
+    latency = LatencyBoard()
+    route = RouteStage(
+        registry,
+        routing,
+        embedder=_embedder(settings),
+        latency=latency if routing.health.latency_aware else None,
+    )
     pipeline = Pipeline(
         [
             RecordStage(recorders),
             IdentifyStage(),
-            ResolveStage(registry),
+            ResolveStage(registry, route.names),
+            # caches answer for the request as asked, before routing picks a model
             *cache.stages,
-            ExecuteStage(providers),
+            route,
+            # token policies after routing: caps and pruning fit the model actually chosen
+            build_token_stage(settings.tokens, registry, providers),
+            ResilientExecuteStage(providers, registry, routing, health, latency=latency),
         ]
     )
-    return Gateway(settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders, cache=cache)
+    return Gateway(
+        settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders, health=health, cache=cache
+    )
+
+
+def _embedder(settings: Settings):  # -> MiniLMEmbedder | None
+    """The local embedder, when a learned router needs it and ``tokenomy[routing]`` is installed."""
+    if not any(r.strategy == "learned" for r in settings.routing.routers):
+        return None
+    from tokenomy.routing.embedder import MiniLMEmbedder
+
+    if not MiniLMEmbedder.available():
+        log.warning("learned routers need `pip install 'tokenomy[routing]'`; routing to their default tier")
+        return None
+    return MiniLMEmbedder()
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASGI:

@@ -81,6 +81,12 @@ class SimulatedOptions(Section):
     timeout_rate: float = Field(0.0, ge=0, le=1)
     #: Cut streams after this many chunks (simulates a connection dropped mid-answer).
     cut_stream_after: int | None = None
+    #: Context window in tokens: longer prompts fail with ``context_length_exceeded`` (400).
+    context_window: int | None = None
+    #: Prompts containing any of these words (case-insensitive) fail with ``content_policy_violation`` (400).
+    blocked_words: list[str] = Field(default_factory=list)
+    #: Answer with this text instead of the generated words (e.g. a refusal or JSON, for cascade tests).
+    fixed_answer: str | None = None
     seed: int = 0
 
 
@@ -232,6 +238,8 @@ class CacheSettings(Section):
     coalesce: CoalesceSettings = Field(default_factory=CoalesceSettings)
     #: Per-key/team/feature/model overrides; the first matching policy applies.
     policies: list[CachePolicy] = Field(default_factory=list)
+from tokenomy.tokens.settings import TokensSettings  # noqa: E402  (a section defined with its feature)
+from tokenomy.routing.settings import RoutingSettings  # noqa: E402  (a section defined with its feature)
 
 
 class Settings(BaseSettings):
@@ -243,6 +251,10 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    #: Output caps, context pruning, prompt compression, provider prompt caching (``tokenomy.tokens``).
+    tokens: TokensSettings = Field(default_factory=TokensSettings)
+    #: Tiers, routers (``model: auto``), fallbacks, retries and circuit breakers.
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     #: Extra or replacement models. The built-in simulated models stay unless ``builtin_models`` is false.
     models: list[ModelSettings] = Field(default_factory=list)
     builtin_models: bool = True

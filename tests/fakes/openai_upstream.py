@@ -8,6 +8,9 @@ behaviour, so one fake serves every test:
 - ``fail-429``: ``rate_limit_exceeded`` with ``retry-after: 2``
 - ``fail-400``: ``invalid_request_error`` (the client's fault)
 - ``fail-401``: ``invalid_api_key``
+- ``fail-context``: 400 ``context_length_exceeded``
+- ``fail-policy``: 400 ``content_policy_violation``
+- ``flaky-500``: every other request fails with 500 (so a retry succeeds)
 - ``hang``: never answers (the gateway's read timeout fires)
 - ``malformed``: 200 with a body that is not JSON
 - ``cut-stream``: streams three chunks then drops the connection
@@ -21,12 +24,13 @@ Every request is kept in ``requests`` (path, headers, JSON body) for assertions.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.fakes.background import BackgroundServer
 
 CHUNK_WORDS = 2
 
@@ -46,16 +50,15 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-class FakeOpenAI:
+class FakeOpenAI(BackgroundServer):
+    label = "fake-openai"
+
     def __init__(self, *, api_key: str | None = "sk-fake", record: bool = True) -> None:
+        super().__init__()
         self.api_key = api_key
         self.record = record
         self.requests: list[dict[str, Any]] = []
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._started = threading.Event()
+        self._flaky = 0
 
     @property
     def base_url(self) -> str:
@@ -66,37 +69,6 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/embeddings", self.embeddings)
         return app
-
-    # -- running in a background thread -------------------------------------------------
-    def start(self) -> FakeOpenAI:
-        self._thread = threading.Thread(target=self._serve, name="fake-openai", daemon=True)
-        self._thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("fake OpenAI server did not start")
-        return self
-
-    def _serve(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._open())
-        self._started.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._runner.cleanup())  # type: ignore[union-attr]
-        self._loop.close()
-
-    async def _open(self) -> None:
-        # handler_cancellation: a "hang" handler ends when the gateway drops the connection
-        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
 
     # -- handlers -----------------------------------------------------------------------
     def _check(self, request: web.Request) -> web.Response | None:
@@ -241,6 +213,25 @@ class FakeOpenAI:
             return _error(400, "Invalid value for 'temperature'.", "invalid_request_error", "invalid_value")
         if model == "fail-401":
             return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        if model == "fail-context":
+            return _error(
+                400,
+                "This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens.",
+                "invalid_request_error",
+                "context_length_exceeded",
+            )
+        if model == "fail-policy":
+            return _error(
+                400,
+                "Your request was rejected as a result of our safety system.",
+                "invalid_request_error",
+                "content_policy_violation",
+            )
+        if model == "flaky-500":
+            # fails every other request: the first try fails, a retry succeeds
+            self._flaky += 1
+            if self._flaky % 2 == 1:
+                return _error(500, "The server had an error while processing your request.", "server_error", None)
         if model == "hang":
             await asyncio.sleep(3600)
         if model == "slow":

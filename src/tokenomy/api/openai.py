@@ -52,6 +52,11 @@ async def list_models(request: Request) -> Response:
         for entry in gateway.registry
         for name in (entry.name, *entry.aliases)
     ]
+    # routers (``model: "auto"``) are asked for like models
+    data += [
+        {"id": router.name, "object": "model", "created": 0, "owned_by": "tokenomy-router"}
+        for router in gateway.settings.routing.routers
+    ]
     return JSONResponse({"object": "list", "data": data})
 
 

@@ -20,6 +20,7 @@ from tokenomy.providers.anthropic_client_request import strip_anthropic_extensio
 from tokenomy.providers.base import Provider
 from tokenomy.providers.usage import Usage
 from tokenomy.tokens.counting import count_messages, count_text
+from tokenomy.tokens.savings import settle as settle_savings
 
 CHARS_PER_TOKEN = 4
 
@@ -31,11 +32,14 @@ class ExecuteStage(Stage):
         self.providers = providers
 
     async def __call__(self, call: Call, next: Next) -> Reply:
-        target = call.targets[0]
+        return await self.attempt(call, call.targets[0])
+
+    async def attempt(self, call: Call, target: Target) -> Reply:
+        """Send the call to one deployment; charge what it used. Errors propagate (nothing charged)."""
         deployment = target.deployment
         provider = self.providers[deployment.provider]
         body = call.body
-        if call.api == "anthropic" and not provider.accepts_anthropic_extensions:
+        if (call.api == "anthropic" or call.trace.cache_breakpoints_added) and not provider.accepts_anthropic_extensions:
             body = strip_anthropic_extensions(body)
         if body.get("model") != deployment.upstream_model:
             body = {**body, "model": deployment.upstream_model}
@@ -89,9 +93,14 @@ class ExecuteStage(Stage):
 def charge(call: Call, target: Target, step: str, usage: Usage) -> None:
     """Add a priced cost item; the first one also fixes the baseline if nothing else did."""
     deployment = target.deployment
-    call.trace.add(CostItem(step, deployment.name, deployment.provider, usage, cost_usd(target.price, usage)))
-    if call.trace.baseline_usd is None and call.baseline_price is not None:
-        call.trace.baseline_usd = cost_usd(call.baseline_price, usage)
+    trace = call.trace
+    first = not any(item.step == step for item in trace.items)
+    trace.add(CostItem(step, deployment.name, deployment.provider, usage, cost_usd(target.price, usage)))
+    if trace.baseline_usd is None and call.baseline_price is not None:
+        # priced on the prompt as asked when a stage rewrote it (pruning, compression, caching)
+        trace.baseline_usd = cost_usd(call.baseline_price, trace.baseline_usage(usage))
+    if first and (trace.savings or trace.cache_breakpoints_added):
+        settle_savings(trace, usage, call.baseline_price, target.price)
 
 
 def estimate_usage(body: dict[str, Any], output: str | int, model: str) -> Usage:
