@@ -159,8 +159,10 @@ def test_anthropic_prompt_cache_tokens_are_priced(gateway: GatewayServer) -> Non
         {"role": "user", "content": "first question"},
     ]
     client = openai_sdk(gateway)
-    first = client.chat.completions.with_raw_response.create(model="claude", messages=messages, max_tokens=20)  # type: ignore[arg-type]
-    second = client.chat.completions.with_raw_response.create(model="claude", messages=messages, max_tokens=20)  # type: ignore[arg-type]
+    # the gateway's own answer cache would answer the repeat: bypass it, this is about the provider's prompt cache
+    off = {"x-tokenomy-cache": "off"}
+    first = client.chat.completions.with_raw_response.create(model="claude", messages=messages, max_tokens=20, extra_headers=off)  # type: ignore[arg-type]
+    second = client.chat.completions.with_raw_response.create(model="claude", messages=messages, max_tokens=20, extra_headers=off)  # type: ignore[arg-type]
     price = PriceCatalog.load_default().get("claude-haiku-4-5")
     assert price is not None and price.cached_input is not None and price.cache_write is not None
     u1, u2 = first.parse().usage, second.parse().usage
@@ -192,14 +194,23 @@ def test_anthropic_sdk_through_anthropic_upstream(gateway: GatewayServer, fake_a
     with prompt-cache usage surviving both ways."""
     system = [{"type": "text", "text": "Policy. " * 60, "cache_control": {"type": "ephemeral"}}]
     client = sdk(gateway)
+    off = {"x-tokenomy-cache": "off"}  # the repeat must reach the upstream: this is about its prompt cache
     first = client.messages.create(
-        model="claude", max_tokens=30, system=system, messages=[{"role": "user", "content": "hello twice"}]
+        model="claude",
+        max_tokens=30,
+        system=system,
+        messages=[{"role": "user", "content": "hello twice"}],
+        extra_headers=off,
     )
     sent = fake_anthropic.last_request["body"]
     assert sent["system"][0]["cache_control"] == {"type": "ephemeral"}
     assert first.content[0].text == "echo: hello twice"
     with client.messages.stream(
-        model="claude", max_tokens=30, system=system, messages=[{"role": "user", "content": "hello twice"}]
+        model="claude",
+        max_tokens=30,
+        system=system,
+        messages=[{"role": "user", "content": "hello twice"}],
+        extra_headers=off,
     ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()

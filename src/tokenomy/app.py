@@ -21,12 +21,14 @@ from starlette.routing import Route
 from tokenomy.api import admin as admin_api
 from tokenomy.api import anthropic as anthropic_api
 from tokenomy.api import batches as batches_api
+from tokenomy.api import cache as cache_api
 from tokenomy.api import health
 from tokenomy.api import jobs as jobs_api
 from tokenomy.api import openai as openai_api
 from tokenomy.api.router import GatewayASGI
 from tokenomy.budgets.factory import Enforcement, build_enforcement
 from tokenomy.budgets.stage import BudgetStage
+from tokenomy.cache.layer import CacheLayer, build_cache
 from tokenomy.config import ConfigError, Settings
 from tokenomy.jobs.service import JobService
 from tokenomy.models import ModelRegistry
@@ -71,9 +73,12 @@ class Gateway:
     #: job workers running inside this process (``jobs.gateway_workers``)
     workers: list[Any] = field(default_factory=list)
     _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    cache: CacheLayer | None = None
 
     async def start(self, *, run_workers: bool = True) -> None:
         await asyncio.to_thread(warm_up)
+        if self.cache is not None:
+            await self.cache.start()
         if self.ledger is not None and self.writer is not None:
             await self.ledger.start()
             self.writer.start()
@@ -116,6 +121,11 @@ class Gateway:
             await self.enforcement.stop()
         if self.health is not None:
             await self.health.aclose()
+        if self.cache is not None:
+            try:
+                await self.cache.aclose()
+            except Exception:
+                log.exception("closing the cache failed")
         if self.writer is not None:
             await self.writer.aclose()
         if self.ledger is not None:
@@ -155,6 +165,7 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
             sink(LedgerRow.from_call(call))
 
         recorders.append(record_row)
+    cache = build_cache(settings.cache)
     routing = settings.routing
     health: DeploymentHealth
     if routing.health.redis_url:
@@ -178,6 +189,8 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
         RecordStage(recorders),
         IdentifyStage(),
         ResolveStage(registry, route.names),
+        # caches answer for the request as asked, before routing picks a model
+        *cache.stages,
         route,
         # token policies after routing: caps and pruning fit the model actually chosen
         build_token_stage(settings.tokens, registry, providers),
@@ -200,6 +213,7 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
         health=health,
         enforcement=enforcement,
         jobs=JobService(settings),
+        cache=cache,
     )
 
 
@@ -244,6 +258,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASG
         Route("/v1/batches", batches_api.list_batches, methods=["GET"]),
         Route("/v1/batches/{batch_id}", batches_api.get_batch, methods=["GET"]),
         Route("/v1/batches/{batch_id}/cancel", batches_api.cancel_batch, methods=["POST"]),
+        Route("/v1/feedback", cache_api.feedback, methods=["POST"]),
+        Route("/v1/cache/invalidate", cache_api.invalidate, methods=["POST"]),
+        Route("/v1/cache/stats", cache_api.stats, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         *admin_api.ROUTES,

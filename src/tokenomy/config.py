@@ -342,6 +342,108 @@ class TrafficSettings(Section):
         return self
 
 
+class ExactCacheSettings(Section):
+    """Answers served for byte-identical (normalized) requests."""
+
+    enabled: bool = True
+
+
+class SemanticCacheSettings(Section):
+    """Answers served for requests that ask the same thing in other words (``pip install 'tokenomy[semantic]'``)."""
+
+    #: Off by default: it embeds every cacheable miss (a few ms of CPU) and can, rarely, serve a near miss.
+    enabled: bool = False
+    #: ``verified``: per-entry thresholds learned online under ``target_error`` (recommended);
+    #: ``fixed``: serve whenever cosine similarity ≥ ``threshold`` (and the guards pass).
+    mode: Literal["verified", "fixed"] = "verified"
+    threshold: float = Field(0.95, ge=0, le=1)
+    #: Verified mode: the false-hit rate allowed (δ): of the lookups whose best match is not an
+    #: equivalent request, at most this share may be served.
+    target_error: float = Field(0.01, gt=0, lt=0.5)
+    #: Verified mode: share of would-be hits also sent upstream to check the cached answer (labels for δ).
+    verify_fraction: float = Field(0.05, ge=0, le=1)
+    #: Verified mode: share of misses that had a candidate whose fresh answer is compared with the
+    #: candidate's (no extra upstream call; costs two answer embeddings off the response path).
+    explore_fraction: float = Field(0.5, ge=0, le=1)
+    #: Candidates below this cosine similarity are never considered (and never verified).
+    min_similarity: float = Field(0.80, ge=0, le=1)
+    #: Lexical guards: reject matches that differ in negation, numbers/dates or named entities.
+    guards: bool = True
+    #: Verification compares answers by embedding cosine; at or above this they agree.
+    answer_agreement: float = Field(0.90, ge=0, le=1)
+    #: Where vectors live: ``memory`` (in-process, exact search) or ``pgvector`` (shared; needs ``pg_url``).
+    index: Literal["memory", "pgvector"] = "memory"
+    pg_url: str | None = None
+    #: Vectors kept per namespace in memory (oldest dropped beyond it).
+    max_entries: int = Field(200_000, ge=1)
+    #: Threads the embedding model may use.
+    embed_threads: int = Field(1, ge=1)
+    #: Cost charged per lookup (USD) — 0 for the local model; set it if you price CPU.
+    embedding_cost_usd: float = Field(0.0, ge=0)
+    #: Verified mode, before enough labels exist: serve only at or above this similarity.
+    cold_threshold: float = Field(0.97, ge=0, le=1)
+    #: pgvector table holding the vectors (created on start).
+    pg_table: str = "tokenomy_semantic_cache"
+
+
+class CoalesceSettings(Section):
+    """Identical requests in flight at once share one upstream call."""
+
+    enabled: bool = True
+    #: ``memory``: within this process; ``redis``: across replicas (uses ``cache.redis_url``).
+    backend: Literal["memory", "redis"] = "memory"
+    #: Longest a follower waits for the leader's answer before asking upstream itself.
+    wait_timeout_s: float = Field(120.0, gt=0)
+    #: The cross-replica lock expires after this long if its holder dies.
+    lock_ttl_s: float = Field(150.0, gt=0)
+
+
+class CachePolicy(Section):
+    """Overrides for calls matching every given field (key, team, feature, model)."""
+
+    key: str | None = None
+    team: str | None = None
+    feature: str | None = None
+    model: str | None = None
+    exact: bool | None = None
+    semantic: bool | None = None
+    ttl_s: float | None = Field(None, gt=0)
+    serve_sampled: bool | None = None
+    shared: bool | None = None
+
+
+class CacheSettings(Section):
+    """Exact and semantic answer caching, in-flight coalescing and embedding reuse."""
+
+    enabled: bool = True
+    #: ``memory`` (in-process LRU) or ``redis`` (shared by replicas; ``redis_url``).
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Prefix of every Redis key the cache writes (one prefix per deployment).
+    key_prefix: str = "tokenomy:cache"
+    #: Seconds an answer stays servable.
+    ttl_s: float = Field(86_400.0, gt=0)
+    #: Entries kept at most (LRU eviction beyond).
+    max_entries: int = Field(10_000, ge=1)
+    #: Identity fields that form the tenant namespace; entries never cross namespaces.
+    namespace_by: list[Literal["org", "key", "team", "feature", "customer", "endpoint"]] = Field(
+        default_factory=lambda: ["org", "key", "team"]
+    )
+    #: Share entries across all tenants (explicit opt-in).
+    shared: bool = False
+    #: Serve requests with temperature > 0 from cache (otherwise only with ``x-tokenomy-cache: exact|semantic``).
+    serve_sampled: bool = False
+    #: OpenAI's default temperature is 1: treat requests that omit it as sampled (uncached by default).
+    missing_temperature_is_sampled: bool = False
+    #: Also store answers cut by ``max_tokens`` (finish_reason ``length``).
+    store_truncated: bool = False
+    #: Reuse ``/v1/embeddings`` results per input (the same text is never embedded twice).
+    embeddings: bool = True
+    exact: ExactCacheSettings = Field(default_factory=ExactCacheSettings)
+    semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
+    coalesce: CoalesceSettings = Field(default_factory=CoalesceSettings)
+    #: Per-key/team/feature/model overrides; the first matching policy applies.
+    policies: list[CachePolicy] = Field(default_factory=list)
 from tokenomy.tokens.settings import TokensSettings  # noqa: E402  (a section defined with its feature)
 from tokenomy.routing.settings import RoutingSettings  # noqa: E402  (a section defined with its feature)
 
@@ -361,6 +463,7 @@ class Settings(BaseSettings):
     jobs: JobsSettings = Field(default_factory=JobsSettings)
     batches: BatchSettings = Field(default_factory=BatchSettings)
     traffic: TrafficSettings = Field(default_factory=TrafficSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     #: Output caps, context pruning, prompt compression, provider prompt caching (``tokenomy.tokens``).
     tokens: TokensSettings = Field(default_factory=TokensSettings)
     #: Tiers, routers (``model: auto``), fallbacks, retries and circuit breakers.

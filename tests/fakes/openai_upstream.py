@@ -15,6 +15,7 @@ behaviour, so one fake serves every test:
 - ``malformed``: 200 with a body that is not JSON
 - ``cut-stream``: streams three chunks then drops the connection
 - ``slow-stream``: 50 ms between chunks
+- ``slow``: answers after 300 ms (JSON or stream)
 - anything else: a deterministic answer ``"echo: <last user text>"``
 
 Every request is kept in ``requests`` (path, headers, JSON body) for assertions.
@@ -233,6 +234,8 @@ class FakeOpenAI(BackgroundServer):
                 return _error(500, "The server had an error while processing your request.", "server_error", None)
         if model == "hang":
             await asyncio.sleep(3600)
+        if model == "slow":
+            await asyncio.sleep(0.3)
         return None
 
 

@@ -110,6 +110,7 @@ def test_one_hour_ttl_and_tools_take_a_breakpoint(
     start_gateway: Callable[..., GatewayServer], caching_upstream: FakeAnthropic
 ) -> None:
     server = start_gateway(
+        cache={"enabled": False},  # repeats must reach the upstream: this tests prompt caching/pruning
         models=[claude(caching_upstream.base_url)],
         tokens={"default": {"prompt_caching": {"ttl": "1h", "cache_messages": False}}},
     )
@@ -223,7 +224,11 @@ def test_pruning_keeps_the_cached_prefix_stable(
 def test_streamed_calls_are_priced_and_credited_the_same_way(
     start_gateway: Callable[..., GatewayServer], caching_upstream: FakeAnthropic
 ) -> None:
-    server = start_gateway(models=[claude(caching_upstream.base_url)], tokens={"default": {"prompt_caching": {}}})
+    server = start_gateway(
+        cache={"enabled": False},  # repeats must reach the upstream: this tests prompt caching/pruning
+        models=[claude(caching_upstream.base_url)],
+        tokens={"default": {"prompt_caching": {}}},
+    )
     sdk = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
     messages = [{"role": "system", "content": words(1500)}, {"role": "user", "content": "hello there"}]
     for request_id in ("s1", "s2"):

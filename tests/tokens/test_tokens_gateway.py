@@ -82,7 +82,7 @@ def test_output_caps_default_and_clamp_and_the_ledger_says_when_answers_hit_them
 
 
 def test_prompt_versions_reach_the_ledger_and_spend_by_prompt(start_gateway: Callable[..., GatewayServer]) -> None:
-    server = start_gateway()
+    server = start_gateway(cache={"enabled": False})  # repeats must reach the upstream
     sdk = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
     for version, system in (("support@1", "Be brief."), ("support@2", "Be brief. " * 200)):
         for _ in range(2):
@@ -101,6 +101,7 @@ def test_prompt_versions_reach_the_ledger_and_spend_by_prompt(start_gateway: Cal
 
 def test_pruning_savings_are_in_the_response_the_ledger_and_spend(start_gateway: Callable[..., GatewayServer]) -> None:
     server = start_gateway(
+        cache={"enabled": False},  # repeats must reach the upstream: this tests prompt caching/pruning
         tokens={
             "summarizer_model": "sim-mini",  # not `auto`: that would pick local-smollm2 where it is installed
             "features": {
