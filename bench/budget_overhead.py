@@ -40,7 +40,12 @@ IDENTITY = Identity(key_id="key_bench", team="growth", org="acme")
 
 
 def settings(mode: str, workdir: Path, redis_url: str) -> dict:
-    base = {"ledger": {"enabled": False}, "keys": {"pepper_file": str(workdir / "pepper")}, "log_level": "error"}
+    base = {
+        "ledger": {"enabled": False},
+        "keys": {"pepper_file": str(workdir / "pepper")},
+        "cache": {"enabled": False},  # the same call repeats: measure enforcement, not cache hits
+        "log_level": "error",
+    }
     if mode == "off":
         return {**base, "budgets": {"enabled": False}}
     rules = {

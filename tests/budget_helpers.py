@@ -34,6 +34,8 @@ def chat_body(**extra: Any) -> dict[str, Any]:
 
 async def start_gateway(tmp_path: Path, clock: Any = None, **overrides: Any) -> Gateway:
     overrides.setdefault("ledger", {"enabled": False})
+    # identical requests would be answered by the cache (free, never reaching the budget stage)
+    overrides.setdefault("cache", {"enabled": False})
     overrides.setdefault("models", [FIXED_MODEL, SLOW_MODEL])
     settings = settings_for(tmp_path, **overrides)
     gateway = build_gateway(settings, clock=clock) if clock is not None else build_gateway(settings)

@@ -90,6 +90,7 @@ def config(tmp_path: Path, name: str, budgets: dict) -> dict:
         "keys": {"pepper_file": str(tmp_path / "pepper")},
         "models": [FIXED_MODEL],
         "runaway": {"enabled": False},
+        "cache": {"enabled": False},  # identical requests: each must reach the budget, not the cache
         "budgets": {"state_path": str(tmp_path / f"{name}-counters.db"), **budgets},
         "log_level": "warning",
     }

@@ -21,7 +21,8 @@ MASTER = "sk-master-test"
 
 @pytest.fixture
 def server(start_gateway: Callable[..., GatewayServer]) -> GatewayServer:
-    return start_gateway(server={"master_key": MASTER}, models=[FIXED_MODEL], keys={"cache_ttl_s": 0})
+    # the answer cache off: these tests repeat identical requests to spend a budget
+    return start_gateway(server={"master_key": MASTER}, models=[FIXED_MODEL], keys={"cache_ttl_s": 0}, cache={"enabled": False})
 
 
 def admin(server: GatewayServer, method: str, path: str, key: str = MASTER, **kwargs) -> httpx.Response:
@@ -190,6 +191,7 @@ def test_async_jobs_are_charged_to_the_key_that_queued_them(start_gateway: Calla
         server={"master_key": MASTER},
         models=[FIXED_MODEL],
         keys={"cache_ttl_s": 0},
+        cache={"enabled": False},
         jobs={"files_dir": str(tmp_path / "files"), "poll_interval_s": 0.02, "retry_backoff_s": 0.05, "max_attempts": 1},
     )
     created = admin(server, "POST", "/admin/keys", json={"team": "night", "budget": "0/day"}).json()
