@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenomy.cache.embedder import MiniLMEmbedder
+from tokenomy.embedding import MiniLMEmbedder
 from tokenomy.cache.index import MemoryVectorIndex
 
 QUESTIONS = [

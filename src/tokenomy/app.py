@@ -29,6 +29,7 @@ from tokenomy.api.router import GatewayASGI
 from tokenomy.budgets.factory import Enforcement, build_enforcement
 from tokenomy.budgets.stage import BudgetStage
 from tokenomy.cache.layer import CacheLayer, build_cache
+from tokenomy.embedding import SharedEmbedder, minilm_available
 from tokenomy.config import ConfigError, Settings
 from tokenomy.jobs.service import JobService
 from tokenomy.models import ModelRegistry
@@ -165,7 +166,8 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
             sink(LedgerRow.from_call(call))
 
         recorders.append(record_row)
-    cache = build_cache(settings.cache)
+    embedder = _shared_embedder(settings)
+    cache = build_cache(settings.cache, embedder=embedder)
     routing = settings.routing
     health: DeploymentHealth
     if routing.health.redis_url:
@@ -181,7 +183,7 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
     route = RouteStage(
         registry,
         routing,
-        embedder=_embedder(settings),
+        embedder=_router_embedder(settings, embedder),
         latency=latency if routing.health.latency_aware else None,
     )
     enforcement = build_enforcement(settings, registry, clock, ledger=ledger)
@@ -217,16 +219,26 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
     )
 
 
-def _embedder(settings: Settings):  # -> MiniLMEmbedder | None
-    """The local embedder, when a learned router needs it and ``tokenomy[routing]`` is installed."""
+def _shared_embedder(settings: Settings) -> SharedEmbedder | None:
+    """One MiniLM for the semantic cache and the learned routers, when either is configured."""
+    cache = settings.cache
+    semantic = cache.enabled and (cache.semantic.enabled or any(p.semantic for p in cache.policies))
+    learned = any(r.strategy == "learned" for r in settings.routing.routers)
+    if not (semantic or learned) or not minilm_available():
+        return None
+    return SharedEmbedder(cache.semantic.embed_threads)
+
+
+def _router_embedder(settings: Settings, shared: SharedEmbedder | None):  # -> routing MiniLMEmbedder | None
+    """The learned routers' view of the shared embedder."""
     if not any(r.strategy == "learned" for r in settings.routing.routers):
+        return None
+    if shared is None:
+        log.warning("learned routers need `pip install 'tokenomy[routing]'`; routing to their default tier")
         return None
     from tokenomy.routing.embedder import MiniLMEmbedder
 
-    if not MiniLMEmbedder.available():
-        log.warning("learned routers need `pip install 'tokenomy[routing]'`; routing to their default tier")
-        return None
-    return MiniLMEmbedder()
+    return MiniLMEmbedder(shared)
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASGI:

@@ -243,7 +243,7 @@ def eval_cache(
 
     from rich.progress import Progress
 
-    from tokenomy.cache.embedder import minilm_available
+    from tokenomy.embedding import minilm_available
     from tokenomy.cache.evaluate import render, run
 
     if not minilm_available():

@@ -202,3 +202,28 @@ def test_semantic_cache_shared_through_pgvector_and_redis(
     assert trap.headers["x-tokenomy-cache"] == "miss"
     other_tenant = ask(second, "How can I reset my password?", "someone-else")
     assert other_tenant.headers["x-tokenomy-cache"] == "miss"
+
+
+async def test_router_and_cache_share_one_embedding_per_call() -> None:
+    """The semantic cache and the learned router embed a short prompt once, with one model."""
+    from tokenomy.embedding import SharedEmbedder, embed_for_call, minilm_available
+    from tokenomy.pipeline.call import Call
+    from tokenomy.routing.embedder import MiniLMEmbedder as RouterEmbedder
+    from tokenomy.routing.embedder import call_embedding
+
+    if not minilm_available():
+        pytest.skip("needs tokenomy[semantic]")
+    shared = SharedEmbedder()
+    calls = []
+    inner_embed = shared.embed
+
+    def counting(texts, keep_end=False):  # type: ignore[no-untyped-def]
+        calls.append(list(texts))
+        return inner_embed(texts, keep_end)
+
+    shared.embed = counting  # type: ignore[method-assign]
+    call = Call(kind="chat", body={"messages": [{"role": "user", "content": "How do I reset my password?"}]}, model_asked="m")
+    cache_vector = await embed_for_call(call, shared, "How do I reset my password?", keep_end=True)
+    router_vector = await call_embedding(call, RouterEmbedder(shared))
+    assert (cache_vector == router_vector).all()
+    assert len(calls) == 1

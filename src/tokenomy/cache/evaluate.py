@@ -137,7 +137,7 @@ def embed_texts(
     texts: list[str], cache_dir: Path | None, progress: Callable[[int, int], None] | None = None
 ) -> dict[str, np.ndarray]:
     """Vectors for ``texts``, embedding only those not already in ``cache_dir``."""
-    from tokenomy.cache.embedder import MiniLMEmbedder
+    from tokenomy.embedding import MiniLMEmbedder
 
     store = VectorStore(cache_dir)
     todo = sorted((t for t in dict.fromkeys(texts) if t not in store.vectors), key=len)

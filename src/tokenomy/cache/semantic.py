@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tokenomy.cache.answers import CachedAnswer, completion_text
-from tokenomy.cache.embedder import CachedEmbedder, Embedder, MiniLMEmbedder
+from tokenomy.embedding import CachedEmbedder, Embedder, MiniLMEmbedder, SharedEmbedder, embed_for_call
 from tokenomy.cache.exact import fresh_enough
 from tokenomy.cache.guards import compare
 from tokenomy.cache.index import MemoryVectorIndex, VectorIndex
@@ -68,6 +68,8 @@ class SemanticCacheStage(Stage):
         if self.embedder is None:
             threads = self.semantic.embed_threads
             self.embedder = CachedEmbedder(await asyncio.to_thread(MiniLMEmbedder, threads))
+        elif isinstance(self.embedder, SharedEmbedder):
+            await asyncio.to_thread(lambda: self.embedder.loaded)  # load the model now, not on a request
         if self.index is None:
             self.index = MemoryVectorIndex(self.embedder.dim, self.semantic.max_entries)
         await self.index.start()
@@ -80,7 +82,7 @@ class SemanticCacheStage(Stage):
 
     async def embed(self, text: str) -> np.ndarray:
         assert self.embedder is not None
-        return (await asyncio.to_thread(self.embedder.embed, [text]))[0]
+        return (await asyncio.to_thread(self.embedder.embed, [text], True))[0]  # keep_end, as in __call__
 
     async def __call__(self, call: Call, next: Next) -> Reply:
         plan = self.planner.plan(call)
@@ -91,7 +93,9 @@ class SemanticCacheStage(Stage):
             return await next(call)
         assert self.embedder is not None
         context_id = context_key(context, plan.namespace)
-        vector = await self.embed(intent)
+        # keep_end: the same truncation as the learned router, so a prompt both
+        # embed is embedded once per call (embed_for_call memoizes by text)
+        vector = await embed_for_call(call, self.embedder, intent, keep_end=True)
         call.trace.add(
             CostItem("cache_embedding", self.embedder.model_id, "local", Usage(), self.semantic.embedding_cost_usd)
         )

