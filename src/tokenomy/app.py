@@ -18,10 +18,14 @@ from starlette.routing import Route
 
 from tokenomy.api import anthropic as anthropic_api
 from tokenomy.api import health
+from tokenomy.api import metrics as metrics_api
+from tokenomy.api.dashboard import routes as dashboard_routes
 from tokenomy.api import openai as openai_api
 from tokenomy.api.router import GatewayASGI
 from tokenomy.config import Settings
 from tokenomy.models import ModelRegistry
+from tokenomy.observe.metrics import GatewayMetrics
+from tokenomy.observe.tracing import StageTracer, make_tracer
 from tokenomy.pipeline.execute import ExecuteStage
 from tokenomy.pipeline.identify import IdentifyStage
 from tokenomy.pipeline.record import RecordStage, Recorder
@@ -52,6 +56,8 @@ class Gateway:
     writer: LedgerWriter | None
     ready: bool = False
     recorders: list[Recorder] = field(default_factory=list)
+    metrics: GatewayMetrics | None = None
+    tracer: StageTracer | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(warm_up)
@@ -74,6 +80,8 @@ class Gateway:
             await self.writer.aclose()
         if self.ledger is not None:
             await self.ledger.aclose()
+        if self.tracer is not None:
+            self.tracer.shutdown()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -96,15 +104,28 @@ def build_gateway(settings: Settings) -> Gateway:
         )
         sink = writer.record
         recorders.append(lambda call: sink(LedgerRow.from_call(call)))
+    metrics: GatewayMetrics | None = None
+    if settings.observe.metrics:
+        metrics = GatewayMetrics()
+        recorders.append(metrics.record)
+        if writer is not None:
+            ledger_writer = writer
+            metrics.watch_queue("ledger", lambda: ledger_writer.pending)
+    # Tracing is off by default; when off the pipeline's stages are not wrapped at all.
+    tracer = make_tracer(settings.observe.tracing)
     pipeline = Pipeline(
         [
             RecordStage(recorders),
             IdentifyStage(),
             ResolveStage(registry),
             ExecuteStage(providers),
-        ]
+        ],
+        tracer=tracer,
     )
-    return Gateway(settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders)
+    return Gateway(
+        settings, catalog, registry, providers, pipeline, ledger, writer,
+        recorders=recorders, metrics=metrics, tracer=tracer,
+    )
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASGI:
@@ -126,6 +147,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASG
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
     ]
+    if settings.observe.metrics:
+        routes.append(Route("/metrics", metrics_api.metrics, methods=["GET"]))
+    if settings.observe.dashboard:
+        routes.extend(dashboard_routes())
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

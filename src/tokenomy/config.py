@@ -128,6 +128,29 @@ class LocalModelSettings(Section):
     threads: int = Field(2, ge=1)
 
 
+class TracingSettings(Section):
+    """OpenTelemetry traces: one span per pipeline stage and upstream attempt (off by default)."""
+
+    enabled: bool = False
+    #: ``console`` (spans printed to stderr), ``otlp`` (needs ``opentelemetry-exporter-otlp``) or ``none``.
+    exporter: Literal["console", "otlp", "none"] = "console"
+    #: OTLP/HTTP endpoint, e.g. ``http://127.0.0.1:4318/v1/traces`` (default: the exporter's own).
+    otlp_endpoint: str | None = None
+    service_name: str = "tokenomy"
+
+
+class ObserveSettings(Section):
+    """What the gateway shows about itself: ``/metrics``, ``/dashboard``, traces."""
+
+    #: Serve Prometheus metrics at ``/metrics``.
+    metrics: bool = True
+    #: Require the master key on ``/metrics`` too (when one is set).
+    metrics_auth: bool = True
+    #: Serve the web dashboard at ``/dashboard`` (always behind the master key when one is set).
+    dashboard: bool = True
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+
+
 class Settings(BaseSettings):
     """Everything the gateway reads at start-up."""
 
@@ -136,6 +159,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
+    observe: ObserveSettings = Field(default_factory=ObserveSettings)
     #: Extra or replacement models. The built-in simulated models stay unless ``builtin_models`` is false.
     models: list[ModelSettings] = Field(default_factory=list)
     builtin_models: bool = True

@@ -9,7 +9,7 @@ streamed output (about four characters a token).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenomy.models import Target
 from tokenomy.pipeline.call import Call, CostItem
@@ -21,16 +21,38 @@ from tokenomy.providers.base import Provider
 from tokenomy.providers.usage import Usage
 from tokenomy.tokens.counting import count_messages, count_text
 
+if TYPE_CHECKING:
+    from tokenomy.observe.tracing import StageTracer
+
 CHARS_PER_TOKEN = 4
 
 
 class ExecuteStage(Stage):
     name = "execute"
+    #: set by the pipeline when tracing is on: each upstream attempt becomes a span
+    tracer: StageTracer | None = None
 
     def __init__(self, providers: dict[str, Provider]) -> None:
         self.providers = providers
 
     async def __call__(self, call: Call, next: Next) -> Reply:
+        tracer = self.tracer
+        if tracer is None:
+            return await self._attempt(call)
+        deployment = call.targets[0].deployment
+        span = tracer.start_attempt(call, deployment.name, deployment.provider)
+        try:
+            reply = await self._attempt(call)
+        except BaseException as exc:
+            tracer.end_attempt(span, call, exc)
+            raise
+        if isinstance(reply, StreamReply):
+            reply.on_finish(lambda _reply, exc: tracer.end_attempt(span, call, exc))
+        else:
+            tracer.end_attempt(span, call)
+        return reply
+
+    async def _attempt(self, call: Call) -> Reply:
         target = call.targets[0]
         deployment = target.deployment
         provider = self.providers[deployment.provider]
