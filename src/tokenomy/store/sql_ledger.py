@@ -16,6 +16,7 @@ their key order; nothing queries inside them.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import operator
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tokenomy.config import ConfigError
 from tokenomy.store.ledger import NO_GROUP, SPEND_DIMENSIONS, Ledger, LedgerRow, SpendGroup
 from tokenomy.store.migrations import upgrade_head
+from tokenomy.store.rollup import RollupWriter, define_tables, rebuild_statements
 
 _UTC = dt.timezone.utc
 
@@ -106,7 +108,12 @@ LEDGER = sa.Table(
         sa.Index(f"ix_ledger_{dimension}_created_at", dimension, "created_at")
         for dimension in ("team", "feature", "customer", "model_served")
     ),
+    # the dashboard's "most expensive requests"
+    sa.Index("ix_ledger_cost_usd", "cost_usd"),
 )
+
+#: Pre-aggregated spend the dashboard reads (``tokenomy.store.rollup``).
+LEDGER_HOURLY, LEDGER_DAILY_DIM = define_tables(metadata, UTCDateTime())
 
 _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
 _row_values: Callable[[LedgerRow], tuple[Any, ...]] = operator.attrgetter(*_FIELDS)  # type: ignore[assignment]
@@ -180,7 +187,8 @@ class SQLLedger(Ledger):
             raise ConfigError("ledger: a schema is only supported on PostgreSQL")
         self._engine_kwargs = kwargs
         self._engine: AsyncEngine | None = None
-        self._insert = self._insert_statement()
+        self._insert = self._insert_statement().returning(LEDGER.c.request_id)
+        self._rollups = RollupWriter(self.dialect, LEDGER_HOURLY, LEDGER_DAILY_DIM)
 
     def _insert_statement(self) -> sa.Insert:
         # Idempotent on request_id: a batch retried after a timeout that actually
@@ -218,9 +226,27 @@ class SQLLedger(Ledger):
     async def write_many(self, rows: Sequence[LedgerRow]) -> None:
         if not rows:
             return
+        # Shielded: a flusher cancelled mid-transaction (shutdown) must not leave a
+        # connection holding SQLite's write lock; the transaction finishes (or fails)
+        # on its own and the writer's retry of the batch is ignored as duplicates.
+        task = asyncio.ensure_future(self._write_many(rows))
+        task.add_done_callback(_retrieve)
+        await asyncio.shield(task)
+
+    async def _write_many(self, rows: Sequence[LedgerRow]) -> None:
         params = [dict(zip(_FIELDS, _row_values(row))) for row in rows]
         async with self.engine.begin() as conn:
-            await conn.execute(self._insert, params)
+            result = await conn.execute(self._insert, params)
+            inserted = set(result.scalars())
+            # Only rows really inserted feed the rollups: a duplicate is not counted twice.
+            fresh = rows if len(inserted) == len(rows) else [row for row in rows if row.request_id in inserted]
+            await self._rollups.add(conn, fresh)
+
+    async def rebuild_rollups(self) -> None:
+        """Recompute the dashboard's rollup tables from the ledger (after a bulk load)."""
+        async with self.engine.begin() as conn:
+            for statement in rebuild_statements(self.dialect):
+                await conn.exec_driver_sql(statement)
 
     async def fetch(self, *, since: dt.datetime | None = None, limit: int | None = None) -> list[LedgerRow]:
         stmt = sa.select(*_ROW_COLUMNS).order_by(LEDGER.c.created_at.desc(), LEDGER.c.id.desc())
@@ -260,6 +286,13 @@ class SQLLedger(Ledger):
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await engine.dispose()
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    # The caller sees the exception unless it was cancelled meanwhile; then it is
+    # logged by the writer's retry, so only mark it retrieved here.
+    if not task.cancelled():
+        task.exception()
 
 
 def spend_summary_query(
