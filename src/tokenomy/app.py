@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from tokenomy.api import anthropic as anthropic_api
 from tokenomy.api import health
@@ -147,17 +147,19 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASG
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
     ]
+    # The completion routes bypass Starlette (api/router.py); the rest go through it.
+    hot = {route.path: route.endpoint for route in routes if route.methods and "POST" in route.methods}
+    observe_routes: list[BaseRoute] = []
     if settings.observe.metrics:
-        routes.append(Route("/metrics", metrics_api.metrics, methods=["GET"]))
+        observe_routes.append(Route("/metrics", metrics_api.metrics, methods=["GET"]))
     if settings.observe.dashboard:
-        routes.extend(dashboard_routes())
+        observe_routes.extend(dashboard_routes())
     app = Starlette(
-        routes=routes,
+        routes=[*routes, *observe_routes],
         lifespan=lifespan,
         exception_handlers=health.EXCEPTION_HANDLERS,
     )
     app.state.gateway = gateway
-    hot = {route.path: route.endpoint for route in routes if route.methods and "POST" in route.methods}
     return GatewayASGI(app, hot)
 
 

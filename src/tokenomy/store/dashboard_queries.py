@@ -149,6 +149,11 @@ def _positions(count: int) -> list[sa.ColumnElement[Any]]:
     return [sa.literal_column(str(i)) for i in range(1, count + 1)]
 
 
+def _plain_keys(mapping: Any) -> dict[str, Any]:
+    # SQLAlchemy's keys are ``quoted_name`` (a str subclass) that orjson refuses.
+    return {str(key): value for key, value in mapping.items()}
+
+
 def _number(name: str, value: Any) -> int | float:
     return int(value or 0) if name in _INT_MEASURES else float(value or 0.0)
 
@@ -326,7 +331,7 @@ class DashboardQueries:
         else:
             raise ValueError("order must be cost or recent")
         rows = await self._rows(stmt.limit(limit).offset(offset))
-        return [{**row._asdict(), "created_at": row.created_at.isoformat()} for row in rows]
+        return [{**_plain_keys(row._mapping), "created_at": row.created_at.isoformat()} for row in rows]
 
     async def request(self, request_id: str) -> dict[str, Any] | None:
         """One ledger row in full: identity, tokens, CostTrace items, per-stage timings."""
@@ -334,7 +339,7 @@ class DashboardQueries:
         rows = await self._rows(stmt)
         if not rows:
             return None
-        row = dict(rows[0]._mapping)
+        row = _plain_keys(rows[0]._mapping)
         row.pop("id", None)
         row["created_at"] = row["created_at"].isoformat()
         cost, baseline = row["cost_usd"], row["baseline_usd"]
