@@ -27,12 +27,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tokenomy.pipeline.call import Call
+from tokenomy.store.rollup import CACHE_NOT_HIT, CACHE_NOT_LOOKED_UP
 
-#: ``cache_status`` values that are not a hit (anything else counts as one: ``hit-exact``,
-#: ``hit-semantic``, ``hit-partial``, ``coalesced`` …).
-CACHE_NOT_HIT = frozenset({"none", "miss", "bypass", "off", "error"})
-#: ``cache_status`` values meaning no cache was consulted.
-CACHE_NOT_LOOKED_UP = frozenset({"none", "off"})
 #: Outcomes of calls the gateway refused for budget or rate-limit reasons.
 BUDGET_OUTCOMES = frozenset({"budget_exceeded", "rate_limit_exceeded", "budget_store_unavailable"})
 

@@ -1,17 +1,18 @@
 """The dashboard's questions, answered in SQL from the rollups (or the ledger).
 
-Every aggregate picks the smallest table that can answer it (``_Source``):
+Every aggregate reads the smallest table that can answer it (``_Source``):
 
-- ``ledger_hourly`` for totals, time series and breakdowns by model, team,
-  feature, endpoint, traffic class, cache status, outcome… with filters on those
-  (hour resolution: windows are widened to whole hours);
-- ``ledger_daily_dim`` for breakdowns by customer, tag or key with no other
-  filter (day resolution);
-- the raw ``ledger`` when a filter names a customer, tag or key, or a customer /
-  tag / key breakdown is filtered (exact, indexed by time; slower on big windows).
+- no filter: one slice of ``ledger_dim_rollup`` (the dimension grouped by, or
+  any one for totals); hour resolution, day for customer / tag / key;
+- filters on low-cardinality dimensions (team, model, feature…): ``ledger_daily``
+  (day resolution);
+- a filter on customer, tag or key, a filtered customer / tag / key breakdown,
+  or hourly steps with filters: the raw ``ledger`` (exact, indexed by time and
+  by team / feature / customer / model; slower on big windows).
 
-Rows and requests (most expensive, detail) always come from the raw ledger.
-Values absent from a row (no team, no tag) are reported as ``NONE`` in every answer.
+Windows are widened to the table's resolution (whole hours or days, UTC).
+Single requests (most expensive, detail) always come from the raw ledger.
+Values absent from a row (no team, no tag) are reported as ``NONE``.
 """
 
 from __future__ import annotations
@@ -23,23 +24,24 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from tokenomy.observe.metrics import CACHE_NOT_HIT, CACHE_NOT_LOOKED_UP
 from tokenomy.store.ledger import NO_GROUP
-from tokenomy.store.rollup import DAILY_DIMENSIONS, ROLLUP_DIMENSIONS
-from tokenomy.store.sql_ledger import LEDGER, LEDGER_DAILY_DIM, LEDGER_HOURLY, SQLLedger
+from tokenomy.store.rollup import (
+    CACHE_NOT_HIT,
+    CACHE_NOT_LOOKED_UP,
+    DAILY_DIMENSIONS,
+    DERIVED_DIMENSIONS,
+    FLOAT_MEASURES,
+    MEASURES,
+    ROLLUP_DIMENSIONS,
+    ROUTE_ARROW,
+    TECHNIQUES,
+)
+from tokenomy.store.sql_ledger import LEDGER, LEDGER_DAILY, LEDGER_DIM_ROLLUP, SQLLedger
 
 NONE = NO_GROUP
-#: Every dimension the dashboard can group or filter by.
-DIMENSIONS: tuple[str, ...] = (*ROLLUP_DIMENSIONS, *DAILY_DIMENSIONS)
-MEASURES = (
-    "requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "baseline_usd", "savings_usd",
-    "unknown_cost_count", "duration_ms_sum", "upstream_ms_sum", "upstream_count", "cache_hits", "cache_lookups",
-    "errors",
-)
-_INT_MEASURES = {"requests", "input_tokens", "output_tokens", "cached_tokens", "unknown_cost_count",
-                 "upstream_count", "cache_hits", "cache_lookups", "errors"}
-#: savings attributed to a technique, in the order a call is classified (first match wins)
-TECHNIQUES = ("cache", "routing", "batch", "other")
+#: Every dimension the dashboard can group by (filters: all but the derived ones).
+DIMENSIONS: tuple[str, ...] = (*ROLLUP_DIMENSIONS, *DAILY_DIMENSIONS, *DERIVED_DIMENSIONS)
+FILTERS: tuple[str, ...] = (*ROLLUP_DIMENSIONS, *DAILY_DIMENSIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +54,8 @@ class Query:
 
     def __post_init__(self) -> None:
         for name in self.filters:
-            if name not in DIMENSIONS:
-                raise ValueError(f"cannot filter by {name!r}; choose one of {', '.join(DIMENSIONS)}")
+            if name not in FILTERS:
+                raise ValueError(f"cannot filter by {name!r}; choose one of {', '.join(FILTERS)}")
 
 
 def _check_dimension(by: str) -> None:
@@ -61,86 +63,92 @@ def _check_dimension(by: str) -> None:
         raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(DIMENSIONS)}")
 
 
-def _hour(moment: dt.datetime) -> dt.datetime:
-    return moment.astimezone(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+def _floor(moment: dt.datetime, unit: str) -> dt.datetime:
+    moment = moment.astimezone(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return moment.replace(hour=0) if unit == "day" else moment
 
 
 class _Source:
-    """One table the aggregates can read, with its columns and sums under common names."""
+    """One table the aggregates read, with its columns and sums under common names.
 
-    def __init__(self, kind: str, dialect: str) -> None:
-        self.kind, self.dialect = kind, dialect
-        self.table = {"hourly": LEDGER_HOURLY, "daily": LEDGER_DAILY_DIM, "raw": LEDGER}[kind]
-        self.time = self.table.c.bucket if kind != "raw" else LEDGER.c.created_at
+    ``kind``: ``dim`` (one slice of ``ledger_dim_rollup``), ``daily`` or ``raw``.
+    """
+
+    def __init__(self, kind: str, dialect: str, slice_: str | None = None) -> None:
+        self.kind, self.dialect, self.slice = kind, dialect, slice_
+        self.table = {"dim": LEDGER_DIM_ROLLUP, "daily": LEDGER_DAILY, "raw": LEDGER}[kind]
+        self.time = LEDGER.c.created_at if kind == "raw" else self.table.c.bucket
+        self.unit = "day" if kind == "daily" or slice_ in DAILY_DIMENSIONS else "hour"
 
     def dim(self, name: str) -> sa.ColumnElement[Any]:
-        if self.kind == "hourly":
-            return self.table.c[ROLLUP_DIMENSIONS[name]]
-        if self.kind == "daily":
-            return self.table.c.value
-        return sa.func.coalesce(LEDGER.c[ROLLUP_DIMENSIONS.get(name) or DAILY_DIMENSIONS[name]], "")
+        c = self.table.c
+        if self.kind == "dim":
+            assert name == self.slice, (name, self.slice)
+            return c.value
+        raw = self.kind == "raw"
+        if name == "route":
+            return c.model_asked + ROUTE_ARROW + sa.func.coalesce(c.model_served, "")
+        if name == "technique":
+            hit = sa.and_(c.cache_status.not_in(CACHE_NOT_HIT | CACHE_NOT_LOOKED_UP))
+            routed = sa.and_(c.model_served.is_not(None), c.model_served != "", c.model_served != c.model_asked)
+            return sa.case((hit, "cache"), (routed, "routing"), (c.traffic_class == "batch", "batch"), else_="other")
+        column = c[ROLLUP_DIMENSIONS.get(name) or DAILY_DIMENSIONS[name]]
+        return sa.func.coalesce(column, "") if raw else column
 
     def bucket(self, step: str) -> sa.ColumnElement[Any]:
         """The time bucket as text: ``YYYY-MM-DD HH`` (hour) or ``YYYY-MM-DD`` (day)."""
-        column = self.time
         if self.dialect == "postgresql":
             fmt = "YYYY-MM-DD HH24" if step == "hour" else "YYYY-MM-DD"
-            return sa.func.to_char(sa.func.timezone("UTC", column), fmt)
-        return sa.func.substr(column, 1, 13 if step == "hour" else 10)
+            return sa.func.to_char(sa.func.timezone("UTC", self.time), fmt)
+        return sa.func.substr(self.time, 1, 13 if step == "hour" else 10)
 
     def measures(self) -> list[sa.ColumnElement[Any]]:
-        c, sum_, raw = self.table.c, sa.func.sum, self.kind == "raw"
-        zero = sa.literal(0)
-        if self.kind == "daily":
-            cache_hits = cache_lookups = errors = cached = duration = upstream = upstream_n = zero
-        else:
-            weight = sa.literal(1) if raw else c.requests
-            status = c.cache_status
-            cache_hits = sum_(sa.case((status.in_(CACHE_NOT_HIT | CACHE_NOT_LOOKED_UP), 0), else_=weight))
-            cache_lookups = sum_(sa.case((status.in_(CACHE_NOT_LOOKED_UP), 0), else_=weight))
-            errors = sum_(sa.case((c.outcome == "ok", 0), else_=weight))
-            cached = sum_(c.cached_tokens)
-            duration = sum_(c.duration_ms if raw else c.duration_ms_sum)
-            upstream = sum_(c.upstream_ms if raw else c.upstream_ms_sum)
-            upstream_n = sa.func.count(c.upstream_ms) if raw else sum_(c.upstream_count)
-        if raw:
-            both = sa.and_(c.cost_usd.is_not(None), c.baseline_usd.is_not(None))
-            requests = sa.func.count()
-            savings = sum_(sa.case((both, c.baseline_usd - c.cost_usd), else_=0.0))
-            unknown = sum_(sa.case((c.cost_usd.is_(None), 1), else_=0))
-        else:
-            requests, savings, unknown = sum_(c.requests), sum_(c.savings_usd), sum_(c.unknown_cost_count)
-        values = [requests, sum_(c.input_tokens), sum_(c.output_tokens), cached, sum_(c.cost_usd),
-                  sum_(c.baseline_usd), savings, unknown, duration, upstream, upstream_n, cache_hits,
-                  cache_lookups, errors]
+        c, sum_ = self.table.c, sa.func.sum
+        if self.kind != "raw":
+            return [sa.func.coalesce(sum_(c[name]), 0).label(name) for name in MEASURES]
+        both = sa.and_(c.cost_usd.is_not(None), c.baseline_usd.is_not(None))
+        status = c.cache_status
+        routed = sa.and_(c.model_served.is_not(None), c.model_served != "", c.model_served != c.model_asked)
+        values = [
+            sa.func.count(), sum_(c.input_tokens), sum_(c.output_tokens), sum_(c.cached_tokens), sum_(c.cost_usd),
+            sum_(c.baseline_usd), sum_(sa.case((both, c.baseline_usd - c.cost_usd), else_=0.0)),
+            sum_(sa.case((c.cost_usd.is_(None), 1), else_=0)), sum_(c.duration_ms), sum_(c.upstream_ms),
+            sa.func.count(c.upstream_ms),
+            sum_(sa.case((status.in_(CACHE_NOT_HIT | CACHE_NOT_LOOKED_UP), 0), else_=1)),
+            sum_(sa.case((status.in_(CACHE_NOT_LOOKED_UP), 0), else_=1)),
+            sum_(sa.case((c.outcome == "ok", 0), else_=1)),
+            sum_(sa.case((routed, 1), else_=0)),
+        ]
         return [sa.func.coalesce(value, 0).label(name) for name, value in zip(MEASURES, values)]
 
-    def where(self, stmt: sa.Select[Any], query: Query, by: str | None = None) -> sa.Select[Any]:
+    def where(self, stmt: sa.Select[Any], query: Query) -> sa.Select[Any]:
+        if self.kind == "dim":
+            stmt = stmt.where(self.table.c.dimension == self.slice)
         if query.since is not None:
-            since = _hour(query.since) if self.kind == "hourly" else query.since
-            if self.kind == "daily":
-                since = _hour(query.since).replace(hour=0)
-            stmt = stmt.where(self.time >= since)
+            stmt = stmt.where(self.time >= (query.since if self.kind == "raw" else _floor(query.since, self.unit)))
         if query.until is not None:
             stmt = stmt.where(self.time < query.until)
-        if self.kind == "daily":
-            assert by is not None
-            stmt = stmt.where(self.table.c.dimension == by)
         for name, value in query.filters.items():
             stmt = stmt.where(self._matches(name, "" if value == NONE else value))
         return stmt
 
     def _matches(self, name: str, value: str) -> sa.ColumnElement[bool]:
-        if self.kind == "raw" and name == "tag":
-            if not value:
-                return sa.func.json_array_length(LEDGER.c.tags) == 0 if self.dialect != "postgresql" else (
-                    sa.func.jsonb_array_length(LEDGER.c.tags) == 0
-                )
+        assert self.kind != "dim"
+        if self.kind == "daily":
+            return self.table.c[ROLLUP_DIMENSIONS[name]] == value
+        if name == "tag":
+            tags = LEDGER.c.tags
             if self.dialect == "postgresql":
-                return sa.type_coerce(LEDGER.c.tags, postgresql.JSONB()).contains([value])
-            each = sa.func.json_each(LEDGER.c.tags).table_valued("value").alias("t")
+                if not value:
+                    return sa.func.jsonb_array_length(tags) == 0
+                return sa.type_coerce(tags, postgresql.JSONB()).contains([value])
+            if not value:
+                return sa.func.json_array_length(tags) == 0
+            each = sa.func.json_each(tags).table_valued("value").alias("t")
             return sa.exists(sa.select(sa.literal(1)).select_from(each).where(each.c.value == value))
-        return self.dim(name) == value
+        # the bare column (not COALESCE'd) so its (column, created_at) index serves the filter
+        column = LEDGER.c[ROLLUP_DIMENSIONS.get(name) or DAILY_DIMENSIONS[name]]
+        return column.is_(None) if not value else column == value
 
 
 def _positions(count: int) -> list[sa.ColumnElement[Any]]:
@@ -155,7 +163,7 @@ def _plain_keys(mapping: Any) -> dict[str, Any]:
 
 
 def _number(name: str, value: Any) -> int | float:
-    return int(value or 0) if name in _INT_MEASURES else float(value or 0.0)
+    return float(value or 0.0) if name in FLOAT_MEASURES else int(value or 0)
 
 
 def _measures_of(row: Any) -> dict[str, Any]:
@@ -172,18 +180,23 @@ def _iso(bucket: str) -> str:
 
 
 class DashboardQueries:
-    """Aggregates for ``/dashboard/api/...``; every method is one or two SQL statements."""
+    """Aggregates for ``/dashboard/api/...``; each method is one or two SQL statements."""
 
     def __init__(self, ledger: SQLLedger) -> None:
         self.ledger = ledger
         self.dialect = ledger.dialect
 
-    def _source(self, query: Query, by: str | None = None) -> _Source:
-        if any(name in DAILY_DIMENSIONS for name in query.filters):
+    def source(self, query: Query, by: str | None = None, step: str = "day") -> _Source:
+        """The smallest table that answers a ``by`` grouping (``None``: totals) at ``step`` resolution."""
+        filters = query.filters
+        if not filters:
+            if by in DAILY_DIMENSIONS and step == "hour":
+                return _Source("raw", self.dialect)
+            # any one-value-per-call slice sums to the totals
+            return _Source("dim", self.dialect, by or "traffic_class")
+        if any(name in DAILY_DIMENSIONS for name in filters) or by in DAILY_DIMENSIONS or step == "hour":
             return _Source("raw", self.dialect)
-        if by in DAILY_DIMENSIONS:
-            return _Source("raw" if query.filters else "daily", self.dialect)
-        return _Source("hourly", self.dialect)
+        return _Source("daily", self.dialect)
 
     async def _rows(self, stmt: sa.Select[Any]) -> list[Any]:
         async with self.ledger.engine.connect() as conn:
@@ -191,63 +204,55 @@ class DashboardQueries:
 
     async def summary(self, query: Query) -> dict[str, Any]:
         """Totals over the window: spend, baseline, savings, tokens, cache hits, errors, routed calls."""
-        source = self._source(query)
-        c = source.table.c
-        routed_weight = sa.literal(1) if source.kind == "raw" else c.requests
-        served = c.model_served if source.kind == "raw" else c.model_served
-        routed = sa.func.coalesce(
-            sa.func.sum(sa.case((sa.and_(served.is_not(None), served != "", served != c.model_asked), routed_weight),
-                                else_=0)), 0,
-        ).label("routed")
-        stmt = source.where(sa.select(*source.measures(), routed).select_from(source.table), query)
-        row = (await self._rows(stmt))[0]
-        out = _measures_of(row)
-        out["routed"] = int(row.routed or 0)
+        source = self.source(query)
+        stmt = source.where(sa.select(*source.measures()).select_from(source.table), query)
+        out = _measures_of((await self._rows(stmt))[0])
+        out["resolution"] = source.unit if source.kind != "raw" else "exact"
         return out
 
     async def timeseries(self, query: Query, by: str | None = None, step: str = "day", top: int = 8) -> dict[str, Any]:
-        """Spend per time bucket, split by ``by`` (its ``top`` most expensive values; the rest as ``other``)."""
+        """Spend per time bucket, split by ``by``: its ``top`` most expensive values, the rest as ``other``."""
         if step not in ("hour", "day"):
             raise ValueError("step must be hour or day")
         if by is not None:
             _check_dimension(by)
-        source = self._source(query, by)
-        bucket = source.bucket(step).label("bucket")
-        columns: list[Any] = [bucket]
+        source = self.source(query, by, step)
+        if source.kind == "raw" and by == "tag":
+            raise ValueError("a time series by tag cannot be filtered or hourly; use the tag breakdown")
+        columns: list[Any] = [source.bucket(step).label("bucket")]
+        groups: list[str] = []
         if by is not None:
-            columns.append(source.dim(by).label("grp"))
+            ranked = await self.breakdown(query, by, limit=top + 1)
+            groups = [g["group"] for g in ranked[:top]]
+            named = [("" if g == NONE else g) for g in groups]
+            key = source.dim(by)
+            # values beyond the top ones are folded into "other" in SQL, not shipped to Python
+            columns.append(sa.case((key.in_(named), key), else_=sa.literal("(other)")).label("grp"))
+            if len(ranked) > top:
+                groups.append("other")
         stmt = sa.select(*columns, *source.measures()).select_from(source.table).group_by(*_positions(len(columns)))
-        rows = await self._rows(source.where(stmt, query, by).order_by(bucket))
-        totals: dict[str, float] = {}
-        for row in rows:
-            group = _label(row.grp) if by is not None else "total"
-            totals[group] = totals.get(group, 0.0) + float(row.cost_usd or 0)
-        ranked = sorted(totals, key=lambda g: (-totals[g], g))
-        keep = set(ranked[:top])
+        rows = await self._rows(source.where(stmt, query).order_by(sa.literal_column("1")))
         buckets: dict[str, dict[str, dict[str, float]]] = {}
         for row in rows:
-            group = _label(row.grp) if by is not None else "total"
-            group = group if group in keep else "other"
-            cell = buckets.setdefault(_iso(row.bucket), {}).setdefault(group, {"cost_usd": 0.0, "baseline_usd": 0.0,
-                                                                              "savings_usd": 0.0, "requests": 0})
-            cell["cost_usd"] += float(row.cost_usd or 0)
-            cell["baseline_usd"] += float(row.baseline_usd or 0)
-            cell["savings_usd"] += float(row.savings_usd or 0)
-            cell["requests"] += int(row.requests or 0)
-        groups = [g for g in ranked if g in keep] + (["other"] if len(ranked) > top else [])
-        return {"step": step, "by": by, "groups": groups,
+            group = "total" if by is None else ("other" if row.grp == "(other)" else _label(row.grp))
+            buckets.setdefault(_iso(row.bucket), {})[group] = {
+                "cost_usd": float(row.cost_usd or 0), "baseline_usd": float(row.baseline_usd or 0),
+                "savings_usd": float(row.savings_usd or 0), "requests": int(row.requests or 0),
+            }
+        return {"step": step, "by": by, "groups": groups if by is not None else ["total"],
+                "resolution": source.unit if source.kind != "raw" else "exact",
                 "buckets": [{"t": t, "groups": cells} for t, cells in sorted(buckets.items())]}
 
     async def breakdown(self, query: Query, by: str, limit: int = 100) -> list[dict[str, Any]]:
         """Spend per value of ``by``, most expensive first."""
         _check_dimension(by)
-        source = self._source(query, by)
+        source = self.source(query, by)
         if source.kind == "raw" and by == "tag":
             return await self._raw_tag_breakdown(query, limit)
         group = source.dim(by).label("grp")
-        cost = sa.func.sum(source.table.c.cost_usd)
+        cost = sa.func.coalesce(sa.func.sum(source.table.c.cost_usd), 0)
         stmt = sa.select(group, *source.measures()).select_from(source.table).group_by(*_positions(1))
-        stmt = source.where(stmt, query, by).order_by(sa.func.coalesce(cost, 0).desc(), group).limit(limit)
+        stmt = source.where(stmt, query).order_by(cost.desc(), sa.literal_column("1")).limit(limit)
         return [{"group": _label(row.grp), **_measures_of(row)} for row in await self._rows(stmt)]
 
     async def _raw_tag_breakdown(self, query: Query, limit: int) -> list[dict[str, Any]]:
@@ -275,52 +280,47 @@ class DashboardQueries:
     async def savings(self, query: Query) -> list[dict[str, Any]]:
         """Baseline minus cost, attributed to the technique that changed the call.
 
-        A call is classified by the first that applies: served from a cache
-        (``cache``), served by another model than asked (``routing``), sent as
-        batch traffic (``batch``); anything else (``other``: token pruning,
-        prompt-cache discounts) keeps its own savings.
+        A call counts for the first that applies: served from a cache (``cache``),
+        served by another model than asked (``routing``), sent as batch traffic
+        (``batch``); anything else (``other``: token pruning, prompt-cache
+        discounts) keeps its own savings.
         """
-        source = self._source(query)
-        c = source.table.c
-        technique = sa.case(
-            (c.cache_status.not_in(CACHE_NOT_HIT | CACHE_NOT_LOOKED_UP), "cache"),
-            (sa.and_(c.model_served.is_not(None), c.model_served != "", c.model_served != c.model_asked), "routing"),
-            (c.traffic_class == "batch", "batch"),
-            else_="other",
-        ).label("technique")
-        stmt = sa.select(technique, *source.measures()).select_from(source.table).group_by(*_positions(1))
-        found = {row.technique: _measures_of(row) for row in await self._rows(source.where(stmt, query))}
+        found = {g["group"]: g for g in await self.breakdown(query, "technique", limit=len(TECHNIQUES))}
         empty = dict.fromkeys(MEASURES, 0)
-        return [{"technique": name, **found.get(name, empty)} for name in TECHNIQUES]
+        return [{"technique": name, **{k: v for k, v in found.get(name, empty).items() if k != "group"}}
+                for name in TECHNIQUES]
 
     async def routing(self, query: Query, limit: int = 50) -> list[dict[str, Any]]:
-        """Calls per (model asked → model served)."""
-        source = self._source(query)
-        asked, served = source.dim("model_asked").label("asked"), source.dim("model").label("served")
-        stmt = sa.select(asked, served, *source.measures()).select_from(source.table).group_by(*_positions(2))
-        stmt = source.where(stmt, query).order_by(sa.desc("requests")).limit(limit)
-        return [{"model_asked": _label(row.asked), "model_served": _label(row.served), **_measures_of(row)}
-                for row in await self._rows(stmt)]
+        """Calls per route (model asked → model served), most requests first."""
+        source = self.source(query, "route")
+        group = source.dim("route").label("grp")
+        stmt = sa.select(group, *source.measures()).select_from(source.table).group_by(*_positions(1))
+        stmt = source.where(stmt, query).order_by(sa.desc("requests"), sa.literal_column("1")).limit(limit)
+        out = []
+        for row in await self._rows(stmt):
+            asked, _, served = str(row.grp).partition(ROUTE_ARROW)
+            out.append({"model_asked": _label(asked), "model_served": _label(served), **_measures_of(row)})
+        return out
 
     async def dimension_values(self, query: Query, limit: int = 200) -> dict[str, list[str]]:
-        """Values seen in the window for each filterable dimension (for the filter menus)."""
-        out: dict[str, list[str]] = {}
-        for name in ROLLUP_DIMENSIONS:
-            source = _Source("hourly", self.dialect)
-            column = source.dim(name)
-            stmt = source.where(sa.select(column).distinct(), Query(query.since, query.until)).order_by(column)
-            out[name] = [_label(row[0]) for row in await self._rows(stmt.limit(limit))]
-        for name in DAILY_DIMENSIONS:
-            source = _Source("daily", self.dialect)
-            stmt = source.where(sa.select(source.table.c.value).distinct(), Query(query.since, query.until), name)
-            out[name] = [_label(row[0]) for row in await self._rows(stmt.order_by(source.table.c.value).limit(limit))]
+        """Values seen in the window for each filterable dimension (for the filter menus): one statement."""
+        table = LEDGER_DIM_ROLLUP
+        stmt = sa.select(table.c.dimension, table.c.value).distinct().where(table.c.dimension.in_(FILTERS))
+        if query.since is not None:
+            stmt = stmt.where(table.c.bucket >= _floor(query.since, "day"))
+        if query.until is not None:
+            stmt = stmt.where(table.c.bucket < query.until)
+        out: dict[str, list[str]] = {name: [] for name in FILTERS}
+        for dimension, value in await self._rows(stmt.order_by(table.c.dimension, table.c.value)):
+            if len(out[dimension]) < limit:
+                out[dimension].append(_label(value))
         return out
 
     async def requests(self, query: Query, order: str = "cost", limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
         """Single calls, most expensive (``order="cost"``) or newest (``"recent"``) first."""
         source = _Source("raw", self.dialect)
         c = LEDGER.c
-        columns = [c.request_id, c.created_at, c.model_asked, c.model_served, c.team, c.feature, c.customer,
+        columns: list[Any] = [c.request_id, c.created_at, c.model_asked, c.model_served, c.team, c.feature, c.customer,
                    c.endpoint, c.traffic_class, c.input_tokens, c.output_tokens, c.cost_usd, c.baseline_usd,
                    c.cache_status, c.outcome, c.duration_ms]
         stmt = source.where(sa.select(*columns), query)

@@ -1,27 +1,24 @@
-"""Pre-aggregated spend: hourly and daily rollups of the ledger, kept by the writer.
+"""Pre-aggregated spend for the dashboard, kept by the ledger writer.
 
-The dashboard must answer in well under a second on millions of calls, and
-scanning the raw ledger for every chart does not (a full ``GROUP BY`` over a
-million rows takes about a second on SQLite). So every flush of the ledger
-writer also adds its rows into two small tables, in the same transaction:
+Scanning a million ledger rows for every chart takes seconds, so each flush of
+the writer also adds its rows, in the same transaction, into two small tables:
 
-``ledger_hourly``
-    one row per hour and combination of the low-cardinality dimensions
-    (``ROLLUP_DIMENSIONS``: model asked/served, provider, org, team, feature,
-    endpoint, traffic class, cache status, outcome) with the sums the charts need.
-    Real traffic has far fewer combinations than calls (a feature belongs to one
-    team, an endpoint to one feature), which is what makes this small.
-``ledger_daily_dim``
-    one row per UTC day and value of a high-cardinality dimension (customer, tag,
-    key). Crossing those with the others would make the rollup as big as the
-    ledger, so breakdowns by them are by whole day, and filters on them read the
-    raw ledger (indexed by time).
+``ledger_dim_rollup`` — one row per (time bucket, dimension, value)
+    Every dimension separately: model, team, feature, endpoint… per **hour**;
+    customer, tag and key (thousands of values) per **day**; plus two derived
+    dimensions, ``route`` (``asked → served``) and ``technique`` (the saving
+    technique a call is attributed to, ``technique_of``). An unfiltered chart or
+    breakdown reads one slice: a few thousand rows a month.
+``ledger_daily`` — one row per day and *combination* of the low-cardinality
+    dimensions, for filtered views (team = X, by model). Real traffic has far
+    fewer combinations per day than calls.
 
-Only rows the ledger really inserted are added (``INSERT … RETURNING`` skips a
-duplicate ``request_id``), so a retried batch is never counted twice. NULL
-dimension values are stored as ``''`` (unique keys treat NULLs as distinct).
-``rebuild_rollups`` recomputes both tables from the ledger in SQL (after a bulk
-load, or by the migration that introduced them).
+Both carry the same sums (``MEASURES``), including cache hits, errors and
+routed calls, so any slice answers the summary tiles too. Only rows the ledger
+really inserted are added (``INSERT … RETURNING`` skips a duplicate
+``request_id``): a retried batch is never counted twice. NULL values are stored
+as ``''`` (unique keys would treat NULLs as distinct). ``rebuild_statements``
+recomputes both tables from the ledger in SQL (after a bulk load).
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-#: Dimension → ledger column, for the hourly rollup (public name: ``model`` is the model served).
+#: Low-cardinality dimensions → ledger column (``model`` is the model served).
 ROLLUP_DIMENSIONS: dict[str, str] = {
     "model": "model_served",
     "model_asked": "model_asked",
@@ -46,168 +43,192 @@ ROLLUP_DIMENSIONS: dict[str, str] = {
     "cache_status": "cache_status",
     "outcome": "outcome",
 }
-#: High-cardinality dimensions rolled up per day only → ledger column.
+#: High-cardinality dimensions, rolled up per day → ledger column.
 DAILY_DIMENSIONS: dict[str, str] = {"customer": "customer", "tag": "tags", "key": "key_id"}
+#: Dimensions computed from several columns.
+DERIVED_DIMENSIONS = ("route", "technique")
+ROUTE_ARROW = " → "
 
-HOURLY_MEASURES = (
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "cost_usd",
-    "baseline_usd",
-    "savings_usd",
-    "unknown_cost_count",
-    "duration_ms_sum",
-    "upstream_ms_sum",
-    "upstream_count",
+#: ``cache_status`` values that are not a hit (anything else is: ``hit-exact``, ``hit-semantic``, ``coalesced`` …).
+CACHE_NOT_HIT = frozenset({"none", "miss", "bypass", "off", "error"})
+#: ``cache_status`` values meaning no cache was consulted.
+CACHE_NOT_LOOKED_UP = frozenset({"none", "off"})
+#: Savings attributed to a technique, in the order a call is classified (first match wins).
+TECHNIQUES = ("cache", "routing", "batch", "other")
+
+MEASURES = (
+    "requests", "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "baseline_usd", "savings_usd",
+    "unknown_cost_count", "duration_ms_sum", "upstream_ms_sum", "upstream_count", "cache_hits", "cache_lookups",
+    "errors", "routed",
 )
-DAILY_MEASURES = ("requests", "input_tokens", "output_tokens", "cost_usd", "baseline_usd", "savings_usd", "unknown_cost_count")
+FLOAT_MEASURES = frozenset({"cost_usd", "baseline_usd", "savings_usd", "duration_ms_sum", "upstream_ms_sum"})
 
-_FLOAT_MEASURES = {"cost_usd", "baseline_usd", "savings_usd", "duration_ms_sum", "upstream_ms_sum"}
+
+def technique_of(cache_status: str, model_asked: str, model_served: str | None, traffic_class: str) -> str:
+    """The technique a call's savings are attributed to (see ``TECHNIQUES``)."""
+    if cache_status not in CACHE_NOT_HIT and cache_status not in CACHE_NOT_LOOKED_UP:
+        return "cache"
+    if model_served and model_served != model_asked:
+        return "routing"
+    if traffic_class == "batch":
+        return "batch"
+    return "other"
 
 
 def _measure(name: str) -> sa.Column[Any]:
-    kind: sa.types.TypeEngine[Any] = sa.Float() if name in _FLOAT_MEASURES else sa.BigInteger()
+    kind: sa.types.TypeEngine[Any] = sa.Float() if name in FLOAT_MEASURES else sa.BigInteger()
     return sa.Column(name, kind, nullable=False)
 
 
 def define_tables(metadata: sa.MetaData, datetime_type: sa.types.TypeEngine[Any]) -> tuple[sa.Table, sa.Table]:
-    hourly_columns = list(ROLLUP_DIMENSIONS.values())
-    hourly = sa.Table(
-        "ledger_hourly",
+    dims = list(ROLLUP_DIMENSIONS.values())
+    by_dimension = sa.Table(
+        "ledger_dim_rollup",
         metadata,
+        sa.Column("dimension", sa.String(), nullable=False),
         sa.Column("bucket", datetime_type, nullable=False),
-        *(sa.Column(column, sa.String(), nullable=False) for column in hourly_columns),
-        *(_measure(name) for name in HOURLY_MEASURES),
-        sa.UniqueConstraint("bucket", *hourly_columns, name="uq_ledger_hourly_key"),
+        sa.Column("value", sa.String(), nullable=False),
+        *(_measure(name) for name in MEASURES),
+        sa.UniqueConstraint("dimension", "bucket", "value", name="uq_ledger_dim_rollup_key"),
     )
     daily = sa.Table(
-        "ledger_daily_dim",
+        "ledger_daily",
         metadata,
         sa.Column("bucket", datetime_type, nullable=False),
-        sa.Column("dimension", sa.String(), nullable=False),
-        sa.Column("value", sa.String(), nullable=False),
-        *(_measure(name) for name in DAILY_MEASURES),
-        sa.UniqueConstraint("bucket", "dimension", "value", name="uq_ledger_daily_dim_key"),
+        *(sa.Column(column, sa.String(), nullable=False) for column in dims),
+        *(_measure(name) for name in MEASURES),
+        sa.UniqueConstraint("bucket", *dims, name="uq_ledger_daily_key"),
+        *(sa.Index(f"ix_ledger_daily_{column}", column, "bucket") for column in ("team", "feature", "model_served")),
     )
-    return hourly, daily
+    return by_dimension, daily
+
+
+def _row_measures(row: Any) -> list[float]:
+    cost, baseline = row.cost_usd, row.baseline_usd
+    status = row.cache_status
+    served = row.model_served
+    return [
+        1, row.input_tokens, row.output_tokens, row.cached_tokens, cost or 0.0, baseline or 0.0,
+        baseline - cost if cost is not None and baseline is not None else 0.0,
+        1 if cost is None else 0, row.duration_ms or 0.0,
+        row.upstream_ms or 0.0, 0 if row.upstream_ms is None else 1,
+        0 if status in CACHE_NOT_HIT or status in CACHE_NOT_LOOKED_UP else 1,
+        0 if status in CACHE_NOT_LOOKED_UP else 1,
+        0 if row.outcome == "ok" else 1,
+        1 if served and served != row.model_asked else 0,
+    ]
+
+
+def _add(target: dict[tuple[Any, ...], list[float]], key: tuple[Any, ...], values: list[float]) -> None:
+    sums = target.get(key)
+    if sums is None:
+        target[key] = list(values)
+    else:
+        for i, value in enumerate(values):
+            sums[i] += value
 
 
 class RollupWriter:
     """Adds freshly inserted ledger rows into the rollups (inside the writer's transaction)."""
 
-    def __init__(self, dialect: str, hourly: sa.Table, daily: sa.Table) -> None:
+    def __init__(self, dialect: str, by_dimension: sa.Table, daily: sa.Table) -> None:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self._hourly_keys = ["bucket", *ROLLUP_DIMENSIONS.values()]
-        self._daily_keys = ["bucket", "dimension", "value"]
-        self._hourly_upsert = self._upsert(insert, hourly, self._hourly_keys, HOURLY_MEASURES)
-        self._daily_upsert = self._upsert(insert, daily, self._daily_keys, DAILY_MEASURES)
+        self._dim_keys = ["dimension", "bucket", "value"]
+        self._daily_keys = ["bucket", *ROLLUP_DIMENSIONS.values()]
+        self._dim_upsert = self._upsert(insert, by_dimension, self._dim_keys)
+        self._daily_upsert = self._upsert(insert, daily, self._daily_keys)
 
     @staticmethod
-    def _upsert(insert: Any, table: sa.Table, keys: list[str], measures: Sequence[str]) -> Any:
+    def _upsert(insert: Any, table: sa.Table, keys: list[str]) -> Any:
         stmt = insert(table)
         return stmt.on_conflict_do_update(
-            index_elements=keys, set_={name: table.c[name] + stmt.excluded[name] for name in measures}
+            index_elements=keys, set_={name: table.c[name] + stmt.excluded[name] for name in MEASURES}
         )
 
     async def add(self, conn: Any, rows: Iterable[Any]) -> None:
-        hourly: dict[tuple[Any, ...], list[float]] = {}
+        by_dimension: dict[tuple[Any, ...], list[float]] = {}
         daily: dict[tuple[Any, ...], list[float]] = {}
-        dims = list(ROLLUP_DIMENSIONS.values())
+        columns = list(ROLLUP_DIMENSIONS.items())
         for row in rows:
-            created: dt.datetime = row.created_at
-            hour = created.replace(minute=0, second=0, microsecond=0)
-            cost, baseline = row.cost_usd, row.baseline_usd
-            savings = baseline - cost if cost is not None and baseline is not None else 0.0
-            unknown = 1 if cost is None else 0
-            key = (hour, *(getattr(row, column) or "" for column in dims))
-            sums = hourly.get(key)
-            if sums is None:
-                sums = hourly[key] = [0] * len(HOURLY_MEASURES)
-            sums[0] += 1
-            sums[1] += row.input_tokens
-            sums[2] += row.output_tokens
-            sums[3] += row.cached_tokens
-            sums[4] += cost or 0.0
-            sums[5] += baseline or 0.0
-            sums[6] += savings
-            sums[7] += unknown
-            sums[8] += row.duration_ms or 0.0
-            if row.upstream_ms is not None:
-                sums[9] += row.upstream_ms
-                sums[10] += 1
+            values = _row_measures(row)
+            hour = row.created_at.replace(minute=0, second=0, microsecond=0)
             day = hour.replace(hour=0)
-            values = [("customer", row.customer or ""), ("key", row.key_id or "")]
-            values += [("tag", tag) for tag in dict.fromkeys(row.tags)] or [("tag", "")]
-            for dimension, value in values:
-                dsums = daily.get((day, dimension, value))
-                if dsums is None:
-                    dsums = daily[(day, dimension, value)] = [0] * len(DAILY_MEASURES)
-                dsums[0] += 1
-                dsums[1] += row.input_tokens
-                dsums[2] += row.output_tokens
-                dsums[3] += cost or 0.0
-                dsums[4] += baseline or 0.0
-                dsums[5] += savings
-                dsums[6] += unknown
-        # Sorted keys: concurrent writers (replicas) then lock rollup rows in one
-        # order, so their upserts queue instead of deadlocking.
-        if hourly:
-            names = self._hourly_keys + list(HOURLY_MEASURES)
-            params = [dict(zip(names, (*key, *hourly[key]))) for key in sorted(hourly, key=_sort_key)]
-            await conn.execute(self._hourly_upsert, params)
+            dims = [getattr(row, column) or "" for _, column in columns]
+            _add(daily, (day, *dims), values)
+            for (name, _), value in zip(columns, dims):
+                _add(by_dimension, (name, hour, value), values)
+            served = row.model_served or ""
+            _add(by_dimension, ("route", hour, row.model_asked + ROUTE_ARROW + served), values)
+            technique = technique_of(row.cache_status, row.model_asked, row.model_served, row.traffic_class)
+            _add(by_dimension, ("technique", hour, technique), values)
+            _add(by_dimension, ("customer", day, row.customer or ""), values)
+            _add(by_dimension, ("key", day, row.key_id or ""), values)
+            for tag in dict.fromkeys(row.tags) or ("",):
+                _add(by_dimension, ("tag", day, tag), values)
+        # Sorted keys: concurrent writers (replicas) lock rollup rows in one order,
+        # so their upserts queue instead of deadlocking.
+        if by_dimension:
+            await conn.execute(self._dim_upsert, _params(by_dimension, self._dim_keys, lambda k: (k[0], k[1].timestamp(), *k[2:])))
         if daily:
-            names = self._daily_keys + list(DAILY_MEASURES)
-            params = [dict(zip(names, (*key, *daily[key]))) for key in sorted(daily, key=_sort_key)]
-            await conn.execute(self._daily_upsert, params)
+            await conn.execute(self._daily_upsert, _params(daily, self._daily_keys, lambda k: (k[0].timestamp(), *k[1:])))
 
 
-def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (key[0].timestamp(), *key[1:])
+def _params(sums: dict[tuple[Any, ...], list[float]], keys: Sequence[str], order: Any) -> list[dict[str, Any]]:
+    names = [*keys, *MEASURES]
+    return [dict(zip(names, (*key, *sums[key]))) for key in sorted(sums, key=order)]
 
 
 def rebuild_statements(dialect: str) -> list[str]:
-    """SQL that recomputes both rollups from the ledger (after deleting them)."""
-    dims = list(ROLLUP_DIMENSIONS.values())
+    """SQL that recomputes both rollups from the ledger."""
+    q = _sql_list
     if dialect == "postgresql":
-        hour = "date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        hour = "date_trunc('hour', l.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
         day = "date_trunc('day', l.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        tags = ("(SELECT DISTINCT l.id, t.value AS tag FROM ledger l "
+                "LEFT JOIN LATERAL jsonb_array_elements_text(l.tags) AS t(value) ON true)")
     else:
-        hour = "substr(created_at, 1, 13) || ':00:00.000000'"
+        hour = "substr(l.created_at, 1, 13) || ':00:00.000000'"
         day = "substr(l.created_at, 1, 10) || ' 00:00:00.000000'"
-    savings = "CASE WHEN {p}cost_usd IS NOT NULL AND {p}baseline_usd IS NOT NULL THEN {p}baseline_usd - {p}cost_usd ELSE 0 END"
-    dim_select = ", ".join(f"COALESCE({d}, '')" for d in dims)
-    hourly = (
-        f"INSERT INTO ledger_hourly (bucket, {', '.join(dims)}, {', '.join(HOURLY_MEASURES)}) "
-        f"SELECT {hour}, {dim_select}, count(*), sum(input_tokens), sum(output_tokens), sum(cached_tokens), "
-        f"COALESCE(sum(cost_usd), 0), COALESCE(sum(baseline_usd), 0), sum({savings.format(p='')}), "
-        f"sum(CASE WHEN cost_usd IS NULL THEN 1 ELSE 0 END), COALESCE(sum(duration_ms), 0), "
-        f"COALESCE(sum(upstream_ms), 0), count(upstream_ms) "
-        f"FROM ledger GROUP BY {', '.join(str(i) for i in range(1, len(dims) + 2))}"
-    )
-    daily_measures = (
-        f"count(*), sum(l.input_tokens), sum(l.output_tokens), COALESCE(sum(l.cost_usd), 0), "
-        f"COALESCE(sum(l.baseline_usd), 0), sum({savings.format(p='l.')}), "
-        f"sum(CASE WHEN l.cost_usd IS NULL THEN 1 ELSE 0 END)"
-    )
-    insert_daily = f"INSERT INTO ledger_daily_dim (bucket, dimension, value, {', '.join(DAILY_MEASURES)}) "
-    statements = ["DELETE FROM ledger_hourly", "DELETE FROM ledger_daily_dim", hourly]
-    for dimension, column in (("customer", "customer"), ("key", "key_id")):
-        statements.append(
-            insert_daily + f"SELECT {day}, '{dimension}', COALESCE(l.{column}, ''), {daily_measures} "
-            f"FROM ledger l GROUP BY 1, 3"
-        )
-    # A row repeating a tag counts once in it, as the writer does: DISTINCT tags per row.
-    if dialect == "postgresql":
-        tags = (
-            "(SELECT DISTINCT l.id, t.value AS tag FROM ledger l "
-            "LEFT JOIN LATERAL jsonb_array_elements_text(l.tags) AS t(value) ON true)"
-        )
-    else:
         tags = "(SELECT DISTINCT l.id, t.value AS tag FROM ledger l LEFT JOIN json_each(l.tags) AS t ON 1)"
+    hit = f"l.cache_status NOT IN ({q(CACHE_NOT_HIT | CACHE_NOT_LOOKED_UP)})"
+    routed = "l.model_served IS NOT NULL AND l.model_served <> '' AND l.model_served <> l.model_asked"
+    measures = ", ".join([
+        "count(*)", "sum(l.input_tokens)", "sum(l.output_tokens)", "sum(l.cached_tokens)",
+        "COALESCE(sum(l.cost_usd), 0)", "COALESCE(sum(l.baseline_usd), 0)",
+        "COALESCE(sum(CASE WHEN l.cost_usd IS NOT NULL AND l.baseline_usd IS NOT NULL "
+        "THEN l.baseline_usd - l.cost_usd ELSE 0 END), 0)",
+        "sum(CASE WHEN l.cost_usd IS NULL THEN 1 ELSE 0 END)", "COALESCE(sum(l.duration_ms), 0)",
+        "COALESCE(sum(l.upstream_ms), 0)", "count(l.upstream_ms)",
+        f"sum(CASE WHEN {hit} THEN 1 ELSE 0 END)",
+        f"sum(CASE WHEN l.cache_status IN ({q(CACHE_NOT_LOOKED_UP)}) THEN 0 ELSE 1 END)",
+        "sum(CASE WHEN l.outcome = 'ok' THEN 0 ELSE 1 END)",
+        f"sum(CASE WHEN {routed} THEN 1 ELSE 0 END)",
+    ])
+    into_dim = f"INSERT INTO ledger_dim_rollup (dimension, bucket, value, {', '.join(MEASURES)}) "
+    statements = ["DELETE FROM ledger_dim_rollup", "DELETE FROM ledger_daily"]
+    dims = list(ROLLUP_DIMENSIONS.values())
     statements.append(
-        insert_daily + f"SELECT {day}, 'tag', COALESCE(x.tag, ''), {daily_measures} "
-        f"FROM {tags} x JOIN ledger l ON l.id = x.id GROUP BY 1, 3"
+        f"INSERT INTO ledger_daily (bucket, {', '.join(dims)}, {', '.join(MEASURES)}) "
+        f"SELECT {day}, {', '.join(f'COALESCE(l.{d}, {chr(39) * 2})' for d in dims)}, {measures} "
+        f"FROM ledger l GROUP BY {', '.join(str(i) for i in range(1, len(dims) + 2))}"
+    )
+    for name, column in ROLLUP_DIMENSIONS.items():
+        statements.append(into_dim + f"SELECT '{name}', {hour}, COALESCE(l.{column}, ''), {measures} FROM ledger l GROUP BY 2, 3")
+    statements.append(
+        into_dim + f"SELECT 'route', {hour}, l.model_asked || '{ROUTE_ARROW}' || COALESCE(l.model_served, ''), "
+        f"{measures} FROM ledger l GROUP BY 2, 3"
+    )
+    technique = (f"CASE WHEN {hit} THEN 'cache' WHEN {routed} THEN 'routing' "
+                 "WHEN l.traffic_class = 'batch' THEN 'batch' ELSE 'other' END")
+    statements.append(into_dim + f"SELECT 'technique', {hour}, {technique}, {measures} FROM ledger l GROUP BY 2, 3")
+    for name, column in (("customer", "customer"), ("key", "key_id")):
+        statements.append(into_dim + f"SELECT '{name}', {day}, COALESCE(l.{column}, ''), {measures} FROM ledger l GROUP BY 2, 3")
+    statements.append(
+        into_dim + f"SELECT 'tag', {day}, COALESCE(x.tag, ''), {measures} FROM {tags} x JOIN ledger l ON l.id = x.id "
+        "GROUP BY 2, 3"
     )
     return statements
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    return ", ".join("'" + value.replace("'", "''") + "'" for value in sorted(values))

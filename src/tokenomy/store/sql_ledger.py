@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -35,6 +36,7 @@ from tokenomy.store.migrations import upgrade_head
 from tokenomy.store.rollup import RollupWriter, define_tables, rebuild_statements
 
 _UTC = dt.timezone.utc
+logger = logging.getLogger(__name__)
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
@@ -113,7 +115,7 @@ LEDGER = sa.Table(
 )
 
 #: Pre-aggregated spend the dashboard reads (``tokenomy.store.rollup``).
-LEDGER_HOURLY, LEDGER_DAILY_DIM = define_tables(metadata, UTCDateTime())
+LEDGER_DIM_ROLLUP, LEDGER_DAILY = define_tables(metadata, UTCDateTime())
 
 _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
 _row_values: Callable[[LedgerRow], tuple[Any, ...]] = operator.attrgetter(*_FIELDS)  # type: ignore[assignment]
@@ -188,7 +190,7 @@ class SQLLedger(Ledger):
         self._engine_kwargs = kwargs
         self._engine: AsyncEngine | None = None
         self._insert = self._insert_statement().returning(LEDGER.c.request_id)
-        self._rollups = RollupWriter(self.dialect, LEDGER_HOURLY, LEDGER_DAILY_DIM)
+        self._rollups = RollupWriter(self.dialect, LEDGER_DIM_ROLLUP, LEDGER_DAILY)
 
     def _insert_statement(self) -> sa.Insert:
         # Idempotent on request_id: a batch retried after a timeout that actually
@@ -222,6 +224,17 @@ class SQLLedger(Ledger):
             await engine.dispose()
             raise
         self._engine = engine
+        await self._backfill_rollups()
+
+    async def _backfill_rollups(self) -> None:
+        # A ledger written before the rollups existed (or bulk-loaded around the
+        # writer) has rows but empty rollups: build them once, in SQL.
+        async with self.engine.connect() as conn:
+            has_rows = (await conn.execute(sa.select(LEDGER.c.id).limit(1))).first() is not None
+            rolled = (await conn.execute(sa.select(LEDGER_DIM_ROLLUP.c.value).limit(1))).first() is not None
+        if has_rows and not rolled:
+            logger.warning("ledger: building the dashboard's rollup tables from existing rows (once)")
+            await self.rebuild_rollups()
 
     async def write_many(self, rows: Sequence[LedgerRow]) -> None:
         if not rows:

@@ -35,7 +35,7 @@ from tokenomy.api.http import JSONResponse, error_response, gateway_of
 from tokenomy.errors import AuthenticationFailed, InvalidRequest, NotFound
 from tokenomy.observe.spend_report import parse_since
 from tokenomy.store.budget_view import budget_status
-from tokenomy.store.dashboard_queries import DIMENSIONS, DashboardQueries, Query
+from tokenomy.store.dashboard_queries import FILTERS, DashboardQueries, Query
 from tokenomy.store.sql_ledger import SQLLedger
 
 DEFAULT_WINDOW = "30d"
@@ -58,7 +58,7 @@ def parse_query(request: Request) -> Query:
         since_text = params.get("since", DEFAULT_WINDOW)
         since = None if since_text in ("", "all") else parse_since(since_text)
         until = parse_since(params["until"]) if params.get("until") else None
-        filters = {name: params[name] for name in DIMENSIONS if params.get(name)}
+        filters = {name: params[name] for name in FILTERS if params.get(name)}
         return Query(since, until, filters)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
