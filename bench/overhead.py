@@ -115,6 +115,23 @@ def load(port: int, body: dict, concurrency: int, duration: float, path: str = "
     return result
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (robust on a busy machine, unlike wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def load_measured(port: int, body: dict, concurrency: int, duration: float, pid: int) -> dict:
+    """``load`` plus the gateway's CPU time per answered request (µs)."""
+    before = cpu_seconds(pid)
+    result = load(port, body, concurrency, duration)
+    spent = cpu_seconds(pid) - before
+    # warm-up requests are not counted by the load generator but cost CPU: bound them out
+    result["cpu_us_per_req"] = round(spent / max(result["requests"], 1) * 1e6, 1)
+    return result
+
+
 def chat_body(model: str, stream: bool) -> dict:
     body: dict = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 64}
     if stream:
@@ -140,8 +157,12 @@ def main() -> None:
                 mode = "stream" if stream else "json"
                 for concurrency in args.concurrency:
                     direct = load(upstream_port, chat_body("gpt", stream), concurrency, args.duration)
-                    via_http = load(gateway_port, chat_body("bench-http", stream), concurrency, args.duration)
-                    via_sim = load(gateway_port, chat_body("sim-mini", stream), concurrency, args.duration)
+                    via_http = load_measured(
+                        gateway_port, chat_body("bench-http", stream), concurrency, args.duration, gateway.pid
+                    )
+                    via_sim = load_measured(
+                        gateway_port, chat_body("sim-mini", stream), concurrency, args.duration, gateway.pid
+                    )
                     rows.append(
                         {
                             "mode": mode,
@@ -183,6 +204,7 @@ def print_table(rows: list[dict]) -> None:
     header = (
         f"{'mode':6} {'conc':>4} | {'direct rps':>10} {'p50':>7} {'p99':>7} | {'gw-http rps':>11} {'p50':>7} {'p99':>7}"
         f" | {'added p50':>9} {'added p99':>9} | {'gw-sim rps':>10} {'p50':>7} {'p99':>7}"
+        f" | {'cpu µs/req http':>15} {'sim':>6}"
     )
     print("\n" + header)
     print("-" * len(header))
@@ -193,8 +215,10 @@ def print_table(rows: list[dict]) -> None:
             f" | {h['rps']:>11.0f} {h['p50_ms']:>7.3f} {h['p99_ms']:>7.3f}"
             f" | {row['added_p50_ms']:>9.3f} {row['added_p99_ms']:>9.3f}"
             f" | {s['rps']:>10.0f} {s['p50_ms']:>7.3f} {s['p99_ms']:>7.3f}"
+            f" | {h['cpu_us_per_req']:>15.0f} {s['cpu_us_per_req']:>6.0f}"
         )
     print("latencies in ms; added = gw-http − direct at the same percentile and concurrency")
+    print("cpu µs/req: the gateway process's CPU time per answered request (includes warm-up and ledger writes)")
 
 
 if __name__ == "__main__":

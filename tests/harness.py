@@ -82,6 +82,22 @@ class GatewayServer:
             self.run_coro(self.gateway.writer.flush())
 
 
+def wait_ready(port: int, timeout_s: float = 60.0) -> None:
+    """Wait until a gateway on ``port`` answers ``/readyz`` with 200."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gateway on port {port} not ready after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings for a test: ledger in ``tmp_path`` unless overridden."""
     ledger = {"url": f"sqlite:///{tmp_path / 'ledger.db'}", "flush_interval_s": 0.05}

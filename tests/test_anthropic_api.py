@@ -185,3 +185,24 @@ def test_anthropic_extensions_are_stripped_for_openai_upstreams(gateway: Gateway
     sent = fake_openai.requests[-1]["body"]
     assert "top_k" not in sent
     assert "cache_control" not in str(sent)
+
+
+def test_anthropic_sdk_through_anthropic_upstream(gateway: GatewayServer, fake_anthropic) -> None:
+    """Anthropic in, Anthropic out: translated through the pipeline's OpenAI shape and back,
+    with prompt-cache usage surviving both ways."""
+    system = [{"type": "text", "text": "Policy. " * 60, "cache_control": {"type": "ephemeral"}}]
+    client = sdk(gateway)
+    first = client.messages.create(
+        model="claude", max_tokens=30, system=system, messages=[{"role": "user", "content": "hello twice"}]
+    )
+    sent = fake_anthropic.last_request["body"]
+    assert sent["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert first.content[0].text == "echo: hello twice"
+    with client.messages.stream(
+        model="claude", max_tokens=30, system=system, messages=[{"role": "user", "content": "hello twice"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "echo: hello twice"
+    assert final.usage.cache_read_input_tokens and final.usage.cache_read_input_tokens > 0
+    assert first.usage.cache_creation_input_tokens or first.usage.cache_read_input_tokens

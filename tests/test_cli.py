@@ -112,3 +112,11 @@ def test_every_setting_is_documented() -> None:
     walk(Settings)
     walk(SimulatedOptions)
     assert not missing, f"undocumented settings: {missing}"
+
+
+def test_bad_price_override_stops_serve(tmp_path: Path) -> None:
+    config = tmp_path / "t.yaml"
+    config.write_text("prices:\n  gpt-4o:\n    input: -3\n")
+    result = runner.invoke(app, ["serve", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "gpt-4o" in result.output and "input" in result.output

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import PG_URL
-from tests.harness import GatewayServer, free_port
+from tests.harness import GatewayServer, free_port, wait_ready
 from tokenomy.pricing.catalog import PriceCatalog
 from tokenomy.store.sql_ledger import SQLLedger
 
@@ -119,15 +118,7 @@ def test_sigterm_under_load_loses_no_rows(ledger_settings: dict, tmp_path: Path)
         env["TOKENOMY_LEDGER__SCHEMA"] = ledger_settings["schema"]
     proc = subprocess.Popen([sys.executable, "-m", "tokenomy.cli", "serve"], env=env, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
+        wait_ready(port)
         answered = asyncio.run(_load_then_sigterm(port, proc))
         # uvicorn shuts down gracefully, then re-raises SIGTERM (exit status -15) by convention
         assert proc.wait(60) in (0, -signal.SIGTERM)
@@ -177,3 +168,40 @@ async def _load_then_sigterm(port: int, proc: subprocess.Popen) -> set[str]:
     stop.set()
     await asyncio.gather(*tasks)
     return answered
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_ledger(tmp_path: Path) -> None:
+    """`tokenomy serve --workers 2`: both processes serve and record into the same ledger."""
+    port = free_port()
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    env = {**os.environ, "TOKENOMY_LEDGER__URL": url, "TOKENOMY_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenomy.cli", "serve", "--workers", "2", "--port", str(port)], env=env, cwd=tmp_path
+    )
+    try:
+        wait_ready(port)
+        ids = [f"w-{i}" for i in range(40)]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            for request_id in ids:
+                response = http.post(
+                    "/v1/chat/completions",
+                    json={"model": "sim-mini", "messages": [{"role": "user", "content": request_id}]},
+                    headers={"x-request-id": request_id, "connection": "close"},
+                )
+                assert response.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    async def stored() -> set[str]:
+        ledger = SQLLedger(url)
+        await ledger.start()
+        try:
+            return {row.request_id for row in await ledger.fetch()}
+        finally:
+            await ledger.aclose()
+
+    assert set(ids) <= asyncio.run(stored())

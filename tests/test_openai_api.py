@@ -138,3 +138,38 @@ def test_incoming_request_id_is_kept(gateway: GatewayServer) -> None:
         extra_headers={"x-request-id": "trace-123"},
     )
     assert raw.headers["x-tokenomy-request-id"] == "trace-123"
+
+
+def test_unknown_price_is_reported_unknown_not_zero(start_gateway) -> None:
+    server = start_gateway(
+        models=[{"name": "mystery", "deployments": [{"provider": "simulated", "price_model": "no-such-model"}]}]
+    )
+    raw = client(server).chat.completions.with_raw_response.create(
+        model="mystery", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "unpriced"}
+    )
+    assert raw.headers["x-tokenomy-cost-usd"] == "unknown"
+    usage = raw.parse().usage
+    assert usage is not None and usage.model_extra["cost_usd"] is None
+    server.flush_ledger()
+    row = {r.request_id: r for r in server.run_coro(server.gateway.ledger.fetch())}["unpriced"]
+    assert row.cost_usd is None and row.input_tokens > 0
+
+
+def test_price_override_in_config_is_charged(start_gateway) -> None:
+    server = start_gateway(
+        models=[
+            {
+                "name": "cheap",
+                "deployments": [
+                    {"provider": "simulated", "price_model": "gpt-4o", "prices": {"input": 1.0, "output": 2.0}}
+                ],
+            }
+        ]
+    )
+    raw = client(server).chat.completions.with_raw_response.create(
+        model="cheap", messages=[{"role": "user", "content": "hi"}]
+    )
+    usage = raw.parse().usage
+    assert usage is not None
+    expected = (usage.prompt_tokens * 1.0 + usage.completion_tokens * 2.0) / 1e6
+    assert float(raw.headers["x-tokenomy-cost-usd"]) == pytest.approx(expected, rel=1e-6)

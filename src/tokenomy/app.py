@@ -22,7 +22,7 @@ from tokenomy.api import metrics as metrics_api
 from tokenomy.api.dashboard import routes as dashboard_routes
 from tokenomy.api import openai as openai_api
 from tokenomy.api.router import GatewayASGI
-from tokenomy.config import Settings
+from tokenomy.config import ConfigError, Settings
 from tokenomy.models import ModelRegistry
 from tokenomy.observe.metrics import GatewayMetrics
 from tokenomy.observe.tracing import StageTracer, make_tracer
@@ -86,9 +86,12 @@ class Gateway:
 
 def build_gateway(settings: Settings) -> Gateway:
     catalog = PriceCatalog.load_default()
-    if settings.prices:
-        catalog = catalog.with_overrides(settings.prices)
-    registry = ModelRegistry.from_settings(settings, catalog, local_available=local_available())
+    try:
+        if settings.prices:
+            catalog = catalog.with_overrides(settings.prices)
+        registry = ModelRegistry.from_settings(settings, catalog, local_available=local_available())
+    except ValueError as exc:  # a bad price override: say which, before serving anything
+        raise ConfigError(f"invalid configuration: {exc}") from exc
     needed = {target.deployment.provider for entry in registry for target in entry.targets}
     providers = available_providers(needed, settings)
     ledger: Ledger | None = None

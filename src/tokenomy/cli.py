@@ -64,6 +64,13 @@ def serve(
     if workers is not None:
         server["workers"] = workers
     settings = settings_or_exit(config, server=server) if server else settings_or_exit(config)
+    try:  # fail here, with a readable message, rather than inside a worker process
+        from tokenomy.app import build_gateway
+
+        build_gateway(settings)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     if settings.server.binds_beyond_loopback() and not settings.server.master_key:
         typer.echo(
             f"error: binding to {settings.server.host} exposes the gateway beyond this machine; "

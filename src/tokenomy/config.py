@@ -125,7 +125,9 @@ class LocalModelSettings(Section):
     #: Requests waiting for a worker at most; beyond it callers get 429.
     max_queue: int = Field(32, ge=0)
     n_ctx: int = Field(2048, ge=256)
-    threads: int = Field(2, ge=1)
+    #: CPU threads per generation. 1 by default: on a 2-core machine a second llama.cpp thread
+    #: competes with the event loop and stalls generations for seconds under load (measured).
+    threads: int = Field(1, ge=1)
 
 
 class TracingSettings(Section):

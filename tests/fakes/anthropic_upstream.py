@@ -40,12 +40,13 @@ import asyncio
 import collections
 import hashlib
 import re
-import threading
 import uuid
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.fakes.background import BackgroundServer
 
 API_VERSIONS = ("2023-06-01", "2023-01-01")
 ALLOWED_FIELDS = {
@@ -268,18 +269,16 @@ def _cache_breakpoints(body: dict[str, Any]) -> Any:
             yield position, part["cache_control"].get("ttl", "5m")
 
 
-class FakeAnthropic:
+class FakeAnthropic(BackgroundServer):
+    label = "fake-anthropic"
+
     def __init__(self, *, api_key: str | None = "sk-ant-fake", strict_alternation: bool = True) -> None:
+        super().__init__()
         self.api_key = api_key
         self.strict_alternation = strict_alternation
         self.requests: list[dict[str, Any]] = []
         self.failures: collections.deque[str] = collections.deque()
-        self.port = 0
         self._cache: set[str] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._started = threading.Event()
 
     @property
     def base_url(self) -> str:
@@ -297,36 +296,6 @@ class FakeAnthropic:
         app = web.Application()
         app.router.add_post("/v1/messages", self.messages)
         return app
-
-    # -- running in a background thread -------------------------------------------------
-    def start(self) -> FakeAnthropic:
-        self._thread = threading.Thread(target=self._serve, name="fake-anthropic", daemon=True)
-        self._thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("fake Anthropic server did not start")
-        return self
-
-    def _serve(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._open())
-        self._started.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._runner.cleanup())  # type: ignore[union-attr]
-        self._loop.close()
-
-    async def _open(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
 
     # -- the endpoint -------------------------------------------------------------------
     async def messages(self, request: web.Request) -> web.StreamResponse:

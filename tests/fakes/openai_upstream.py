@@ -20,12 +20,13 @@ Every request is kept in ``requests`` (path, headers, JSON body) for assertions.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.fakes.background import BackgroundServer
 
 CHUNK_WORDS = 2
 
@@ -45,16 +46,14 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-class FakeOpenAI:
+class FakeOpenAI(BackgroundServer):
+    label = "fake-openai"
+
     def __init__(self, *, api_key: str | None = "sk-fake", record: bool = True) -> None:
+        super().__init__()
         self.api_key = api_key
         self.record = record
         self.requests: list[dict[str, Any]] = []
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._started = threading.Event()
 
     @property
     def base_url(self) -> str:
@@ -65,37 +64,6 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/embeddings", self.embeddings)
         return app
-
-    # -- running in a background thread -------------------------------------------------
-    def start(self) -> FakeOpenAI:
-        self._thread = threading.Thread(target=self._serve, name="fake-openai", daemon=True)
-        self._thread.start()
-        if not self._started.wait(10):
-            raise RuntimeError("fake OpenAI server did not start")
-        return self
-
-    def _serve(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._open())
-        self._started.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._runner.cleanup())  # type: ignore[union-attr]
-        self._loop.close()
-
-    async def _open(self) -> None:
-        # handler_cancellation: a "hang" handler ends when the gateway drops the connection
-        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
 
     # -- handlers -----------------------------------------------------------------------
     def _check(self, request: web.Request) -> web.Response | None:

@@ -135,27 +135,36 @@ def internal_error_response(exc: BaseException, call: Call | None = None) -> JSO
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; cancel it if the client disconnects first (so the upstream call stops).
+    """Await ``work``; if the client disconnects first, cancel it (so the upstream call
+    stops) and raise ``ClientGone``.
 
     The body has been read by now, so the next ASGI ``receive`` only returns when
-    the client goes away.
+    the client goes away. One watcher task per request; the work itself runs in
+    the request's own task, which the watcher cancels.
     """
-    task = asyncio.ensure_future(work)
+    current = asyncio.current_task()
+    assert current is not None
+    gone = finished = False
+
+    def on_disconnect(watcher: asyncio.Task[None]) -> None:
+        nonlocal gone
+        # ``finished``: the work ended before this callback ran; cancelling now
+        # would hit whatever the request does next (rendering, sending).
+        if not finished and not watcher.cancelled() and watcher.exception() is None:
+            gone = True
+            current.cancel()
+
     watcher = asyncio.ensure_future(_wait_disconnect(request))
+    watcher.add_done_callback(on_disconnect)
     try:
-        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass  # expected: we cancelled it because the client left
-        raise ClientGone()
+        return await work
+    except asyncio.CancelledError:
+        if gone and current.uncancel() == 0:
+            raise ClientGone() from None
+        raise
     finally:
+        finished = True
         watcher.cancel()
-        if not task.done():
-            task.cancel()
 
 
 async def _wait_disconnect(request: Request) -> None:

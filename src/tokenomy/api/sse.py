@@ -57,13 +57,47 @@ class SSEResponse(Response):
             await reply.finish(None if reply.stream.completed else ClientGone())
 
     async def _pump(self, send: Send) -> None:
+        """Relay events; events that are ready together leave in one write.
+
+        A reader task pulls events as fast as the upstream delivers them; the
+        writer sends whatever has accumulated since its last write. No event
+        waits for another — when the upstream trickles, every event is its own
+        write — but a burst (cache replay, a fast upstream) costs one ``send``
+        instead of one per event.
+        """
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        events = self.events
+        ready: list[bytes] = []
+        wake = asyncio.Event()
+        finished = False
+
+        async def read() -> None:
+            nonlocal finished
+            try:
+                async for data in self.events:
+                    ready.append(data)
+                    wake.set()
+            finally:
+                finished = True
+                wake.set()
+
+        reader = asyncio.ensure_future(read())
         try:
-            async for data in events:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
+            while True:
+                await wake.wait()
+                wake.clear()
+                if ready:
+                    body = ready[0] if len(ready) == 1 else b"".join(ready)
+                    ready.clear()
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                if finished and not ready:
+                    break
+            reader.result()  # re-raise what broke the reader, if anything
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            await self.events.aclose()  # type: ignore[attr-defined]
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

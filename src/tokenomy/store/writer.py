@@ -144,7 +144,11 @@ class LedgerWriter:
         self._closed = True
         task, self._task = self._task, None
         if task is not None and not task.done():  # a task that died was logged by _flusher_stopped
-            task.cancel()
+            # Never cancel a write half-way: a cancelled SQLite write can leave its
+            # transaction open and the database locked for the final flush. Holding
+            # the lock, the flusher is at worst waiting to write, which is safe to cancel.
+            async with self._lock:
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         loop = asyncio.get_running_loop()
