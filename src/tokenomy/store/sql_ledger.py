@@ -16,7 +16,6 @@ their key order; nothing queries inside them.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import operator
@@ -239,14 +238,6 @@ class SQLLedger(Ledger):
     async def write_many(self, rows: Sequence[LedgerRow]) -> None:
         if not rows:
             return
-        # Shielded: a flusher cancelled mid-transaction (shutdown) must not leave a
-        # connection holding SQLite's write lock; the transaction finishes (or fails)
-        # on its own and the writer's retry of the batch is ignored as duplicates.
-        task = asyncio.ensure_future(self._write_many(rows))
-        task.add_done_callback(_retrieve)
-        await asyncio.shield(task)
-
-    async def _write_many(self, rows: Sequence[LedgerRow]) -> None:
         params = [dict(zip(_FIELDS, _row_values(row))) for row in rows]
         async with self.engine.begin() as conn:
             result = await conn.execute(self._insert, params)
@@ -299,13 +290,6 @@ class SQLLedger(Ledger):
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await engine.dispose()
-
-
-def _retrieve(task: asyncio.Future[None]) -> None:
-    # The caller sees the exception unless it was cancelled meanwhile; then it is
-    # logged by the writer's retry, so only mark it retrieved here.
-    if not task.cancelled():
-        task.exception()
 
 
 def spend_summary_query(
