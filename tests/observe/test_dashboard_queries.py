@@ -127,6 +127,12 @@ async def test_summary_timeseries_savings_and_windows(seeded: tuple[SQLLedger, l
     for day, cost in per_day.items():
         assert got[day] == pytest.approx(cost, rel=1e-9)
     assert set(series["groups"]) == {"search", "support", NONE}
+    for by in ("customer", "team"):  # the top values plus "other" add up to each day's total
+        folded = await queries.timeseries(Query(), by, "day", top=2)
+        assert folded["groups"][-1] == "other" and len(folded["groups"]) == 3
+        got = {b["t"]: sum(c["cost_usd"] for c in b["groups"].values()) for b in folded["buckets"]}
+        for day, cost in per_day.items():
+            assert got[day] == pytest.approx(cost, rel=1e-9, abs=1e-12), (by, day)
     hourly = await queries.timeseries(Query(), None, "hour")
     assert sum(c["requests"] for b in hourly["buckets"] for c in b["groups"].values()) == len(rows)
 

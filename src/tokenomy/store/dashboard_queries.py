@@ -121,7 +121,7 @@ class _Source:
         ]
         return [sa.func.coalesce(value, 0).label(name) for name, value in zip(MEASURES, values)]
 
-    def where(self, stmt: sa.Select[Any], query: Query) -> sa.Select[Any]:
+    def where(self, stmt: sa.Select[Any], query: Query, *, scan_by_cost: bool = False) -> sa.Select[Any]:
         if self.kind == "dim":
             stmt = stmt.where(self.table.c.dimension == self.slice)
         if query.since is not None:
@@ -129,10 +129,11 @@ class _Source:
         if query.until is not None:
             stmt = stmt.where(self.time < query.until)
         for name, value in query.filters.items():
-            stmt = stmt.where(self._matches(name, "" if value == NONE else value))
+            match = self._matches(name, "" if value == NONE else value, hide_index=scan_by_cost and name in ROLLUP_DIMENSIONS)
+            stmt = stmt.where(match)
         return stmt
 
-    def _matches(self, name: str, value: str) -> sa.ColumnElement[bool]:
+    def _matches(self, name: str, value: str, hide_index: bool = False) -> sa.ColumnElement[bool]:
         assert self.kind != "dim"
         if self.kind == "daily":
             return self.table.c[ROLLUP_DIMENSIONS[name]] == value
@@ -148,7 +149,13 @@ class _Source:
             return sa.exists(sa.select(sa.literal(1)).select_from(each).where(each.c.value == value))
         # the bare column (not COALESCE'd) so its (column, created_at) index serves the filter
         column = LEDGER.c[ROLLUP_DIMENSIONS.get(name) or DAILY_DIMENSIONS[name]]
-        return column.is_(None) if not value else column == value
+        if not value:
+            return column.is_(None)
+        if hide_index:
+            # ``team || ''``: not indexable, so "most expensive where team = X" walks the cost
+            # index and stops at the first matches instead of sorting all of the team's calls
+            return (column + "") == value
+        return column == value
 
 
 def _positions(count: int) -> list[sa.ColumnElement[Any]]:
@@ -169,6 +176,11 @@ def _number(name: str, value: Any) -> int | float:
 def _measures_of(row: Any) -> dict[str, Any]:
     mapping = row._mapping
     return {name: _number(name, mapping[name]) for name in MEASURES}
+
+
+def _cell(row: Any) -> dict[str, float]:
+    return {"cost_usd": float(row.cost_usd or 0), "baseline_usd": float(row.baseline_usd or 0),
+            "savings_usd": float(row.savings_usd or 0), "requests": int(row.requests or 0)}
 
 
 def _label(value: Any) -> str:
@@ -221,24 +233,39 @@ class DashboardQueries:
             raise ValueError("a time series by tag cannot be filtered or hourly; use the tag breakdown")
         columns: list[Any] = [source.bucket(step).label("bucket")]
         groups: list[str] = []
+        stmt_query = query
+        others = False
         if by is not None:
             ranked = await self.breakdown(query, by, limit=top + 1)
             groups = [g["group"] for g in ranked[:top]]
-            named = [("" if g == NONE else g) for g in groups]
+            # tags overlap (a call counts in each of its tags): no meaningful "other"
+            others = len(ranked) > top and by != "tag"
             key = source.dim(by)
-            # values beyond the top ones are folded into "other" in SQL, not shipped to Python
-            columns.append(sa.case((key.in_(named), key), else_=sa.literal("(other)")).label("grp"))
-            if len(ranked) > top:
-                groups.append("other")
-        stmt = sa.select(*columns, *source.measures()).select_from(source.table).group_by(*_positions(len(columns)))
-        rows = await self._rows(source.where(stmt, query).order_by(sa.literal_column("1")))
+            columns.append(key.label("grp"))
+        stmt = sa.select(*columns, *source.measures()).select_from(source.table)
+        stmt = source.where(stmt, stmt_query)
+        if by is not None:
+            # only the top values (an index seek on the rollup); "other" is the total minus them
+            stmt = stmt.where(key.in_(["" if g == NONE else g for g in groups]))
+        rows = await self._rows(stmt.group_by(*_positions(len(columns))).order_by(sa.literal_column("1")))
         buckets: dict[str, dict[str, dict[str, float]]] = {}
         for row in rows:
-            group = "total" if by is None else ("other" if row.grp == "(other)" else _label(row.grp))
-            buckets.setdefault(_iso(row.bucket), {})[group] = {
-                "cost_usd": float(row.cost_usd or 0), "baseline_usd": float(row.baseline_usd or 0),
-                "savings_usd": float(row.savings_usd or 0), "requests": int(row.requests or 0),
-            }
+            group = "total" if by is None else _label(row.grp)
+            buckets.setdefault(_iso(row.bucket), {})[group] = _cell(row)
+        if others:
+            since = query.since
+            if since is not None and source.kind != "raw":
+                since = _floor(since, source.unit)  # the same edges as the slice read above
+            totals = await self.timeseries(Query(since, query.until, query.filters), None, step)
+            for entry in totals["buckets"]:
+                cells = buckets.setdefault(entry["t"], {})
+                rest = dict(entry["groups"]["total"])
+                for cell in cells.values():
+                    for name in rest:
+                        rest[name] -= cell[name]
+                if rest["requests"] > 0:
+                    cells["other"] = {name: max(value, 0) if name == "requests" else value for name, value in rest.items()}
+            groups.append("other")
         return {"step": step, "by": by, "groups": groups if by is not None else ["total"],
                 "resolution": source.unit if source.kind != "raw" else "exact",
                 "buckets": [{"t": t, "groups": cells} for t, cells in sorted(buckets.items())]}
@@ -323,7 +350,7 @@ class DashboardQueries:
         columns: list[Any] = [c.request_id, c.created_at, c.model_asked, c.model_served, c.team, c.feature, c.customer,
                    c.endpoint, c.traffic_class, c.input_tokens, c.output_tokens, c.cost_usd, c.baseline_usd,
                    c.cache_status, c.outcome, c.duration_ms]
-        stmt = source.where(sa.select(*columns), query)
+        stmt = source.where(sa.select(*columns), query, scan_by_cost=order == "cost")
         if order == "cost":
             stmt = stmt.where(c.cost_usd.is_not(None)).order_by(c.cost_usd.desc(), c.id.desc())
         elif order == "recent":

@@ -23,7 +23,7 @@ recomputes both tables from the ledger in SQL (after a bulk load).
 
 from __future__ import annotations
 
-import datetime as dt
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -82,14 +82,17 @@ def _measure(name: str) -> sa.Column[Any]:
 
 def define_tables(metadata: sa.MetaData, datetime_type: sa.types.TypeEngine[Any]) -> tuple[sa.Table, sa.Table]:
     dims = list(ROLLUP_DIMENSIONS.values())
+    # Keyed value first: a breakdown groups by value in key order (no sort), and a
+    # time series of a few values seeks straight to them. On SQLite the table *is*
+    # that key (WITHOUT ROWID): no lookups from an index into a table.
     by_dimension = sa.Table(
         "ledger_dim_rollup",
         metadata,
-        sa.Column("dimension", sa.String(), nullable=False),
-        sa.Column("bucket", datetime_type, nullable=False),
-        sa.Column("value", sa.String(), nullable=False),
+        sa.Column("dimension", sa.String(), primary_key=True),
+        sa.Column("value", sa.String(), primary_key=True),
+        sa.Column("bucket", datetime_type, primary_key=True),
         *(_measure(name) for name in MEASURES),
-        sa.UniqueConstraint("dimension", "bucket", "value", name="uq_ledger_dim_rollup_key"),
+        sqlite_with_rowid=False,
     )
     daily = sa.Table(
         "ledger_daily",
@@ -120,12 +123,9 @@ def _row_measures(row: Any) -> list[float]:
 
 
 def _add(target: dict[tuple[Any, ...], list[float]], key: tuple[Any, ...], values: list[float]) -> None:
+    # Lists are never changed in place, so one row's values can start several sums.
     sums = target.get(key)
-    if sums is None:
-        target[key] = list(values)
-    else:
-        for i, value in enumerate(values):
-            sums[i] += value
+    target[key] = values if sums is None else list(map(operator.add, sums, values))
 
 
 class RollupWriter:
@@ -133,7 +133,7 @@ class RollupWriter:
 
     def __init__(self, dialect: str, by_dimension: sa.Table, daily: sa.Table) -> None:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self._dim_keys = ["dimension", "bucket", "value"]
+        self._dim_keys = ["dimension", "value", "bucket"]
         self._daily_keys = ["bucket", *ROLLUP_DIMENSIONS.values()]
         self._dim_upsert = self._upsert(insert, by_dimension, self._dim_keys)
         self._daily_upsert = self._upsert(insert, daily, self._daily_keys)
@@ -156,19 +156,19 @@ class RollupWriter:
             dims = [getattr(row, column) or "" for _, column in columns]
             _add(daily, (day, *dims), values)
             for (name, _), value in zip(columns, dims):
-                _add(by_dimension, (name, hour, value), values)
+                _add(by_dimension, (name, value, hour), values)
             served = row.model_served or ""
-            _add(by_dimension, ("route", hour, row.model_asked + ROUTE_ARROW + served), values)
+            _add(by_dimension, ("route", row.model_asked + ROUTE_ARROW + served, hour), values)
             technique = technique_of(row.cache_status, row.model_asked, row.model_served, row.traffic_class)
-            _add(by_dimension, ("technique", hour, technique), values)
-            _add(by_dimension, ("customer", day, row.customer or ""), values)
-            _add(by_dimension, ("key", day, row.key_id or ""), values)
+            _add(by_dimension, ("technique", technique, hour), values)
+            _add(by_dimension, ("customer", row.customer or "", day), values)
+            _add(by_dimension, ("key", row.key_id or "", day), values)
             for tag in dict.fromkeys(row.tags) or ("",):
-                _add(by_dimension, ("tag", day, tag), values)
+                _add(by_dimension, ("tag", tag, day), values)
         # Sorted keys: concurrent writers (replicas) lock rollup rows in one order,
         # so their upserts queue instead of deadlocking.
         if by_dimension:
-            await conn.execute(self._dim_upsert, _params(by_dimension, self._dim_keys, lambda k: (k[0], k[1].timestamp(), *k[2:])))
+            await conn.execute(self._dim_upsert, _params(by_dimension, self._dim_keys, lambda k: (k[0], k[1], k[2].timestamp())))
         if daily:
             await conn.execute(self._daily_upsert, _params(daily, self._daily_keys, lambda k: (k[0].timestamp(), *k[1:])))
 

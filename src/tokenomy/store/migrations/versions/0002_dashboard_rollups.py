@@ -36,11 +36,11 @@ _MEASURES = (("requests", sa.BigInteger), ("input_tokens", sa.BigInteger), ("out
 def upgrade() -> None:
     op.create_table(
         "ledger_dim_rollup",
-        sa.Column("dimension", sa.String(), nullable=False),
-        sa.Column("bucket", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("value", sa.String(), nullable=False),
+        sa.Column("dimension", sa.String(), primary_key=True),
+        sa.Column("value", sa.String(), primary_key=True),
+        sa.Column("bucket", sa.DateTime(timezone=True), primary_key=True),
         *(sa.Column(name, kind(), nullable=False) for name, kind in _MEASURES),
-        sa.UniqueConstraint("dimension", "bucket", "value", name="uq_ledger_dim_rollup_key"),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "ledger_daily",
