@@ -31,7 +31,7 @@ def seeded_rows(make_row: Callable[..., LedgerRow], n: int = 3000, seed: int = 7
             team=rnd.choice(["search", "support", None]),
             feature=rnd.choice(["faq", "summarize", None]),
             customer=rnd.choice([f"cust-{k}" for k in range(30)] + [None]),
-            tags=rnd.choice([[], ["beta"], ["beta", "eu"], ["eu", "eu"]]),
+            tags=rnd.choice([[], ["beta"], ["beta", "eu"], ["eu"]]),  # never repeated: IdentifyStage dedups
             model_asked=asked,
             model_served=served,
             cost_usd=cost,

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from tokenomy.store.dashboard_queries import DashboardQueries, Query
 
 _SCOPE_DIMENSION = {"model": "model", "team": "team", "org": "org", "feature": "feature", "endpoint": "endpoint",
-                    "customer": "customer", "key": "key", "traffic_class": "traffic_class"}
+                    "customer": "customer", "key": "key", "traffic_class": "traffic_class", "provider": "provider"}
 _GLOBAL_SCOPES = {"global", "all", "gateway", "*"}
 
 

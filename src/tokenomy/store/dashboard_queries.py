@@ -21,6 +21,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
@@ -146,7 +147,9 @@ class _Source:
             if not value:
                 return sa.func.json_array_length(tags) == 0
             each = sa.func.json_each(tags).table_valued("value").alias("t")
-            return sa.exists(sa.select(sa.literal(1)).select_from(each).where(each.c.value == value))
+            exact = sa.exists(sa.select(sa.literal(1)).select_from(each).where(each.c.value == value))
+            # a plain substring test first (no JSON parsing) rules out almost every row cheaply
+            return sa.and_(sa.func.instr(tags, orjson.dumps(value).decode()) > 0, exact)
         # the bare column (not COALESCE'd) so its (column, created_at) index serves the filter
         column = LEDGER.c[ROLLUP_DIMENSIONS.get(name) or DAILY_DIMENSIONS[name]]
         if not value:
@@ -283,23 +286,23 @@ class DashboardQueries:
         return [{"group": _label(row.grp), **_measures_of(row)} for row in await self._rows(stmt)]
 
     async def _raw_tag_breakdown(self, query: Query, limit: int) -> list[dict[str, Any]]:
-        """Per tag from the raw ledger: a call counts once in each distinct tag it carries."""
+        """Per tag from the raw ledger, one join row per (call, tag).
+
+        The gateway stores each call's tags without repeats (``IdentifyStage``),
+        so no DISTINCT is needed: a call counts once in each of its tags.
+        """
         source = _Source("raw", self.dialect)
         if self.dialect == "postgresql":
             each = sa.func.jsonb_array_elements_text(LEDGER.c.tags).table_valued("value").render_derived(name="t")
             each = each.lateral()
         else:
             each = sa.func.json_each(LEDGER.c.tags).table_valued("value").alias("t")
-        pairs = sa.select(LEDGER.c.id.label("rid"), each.c.value.label("tag")).select_from(
-            LEDGER.outerjoin(each, sa.true())
-        )
-        pairs = source.where(pairs, query).distinct().subquery("p")
-        group = sa.func.coalesce(pairs.c.tag, "").label("grp")
+        group = sa.func.coalesce(each.c.value, "").label("grp")
+        stmt = sa.select(group, *source.measures()).select_from(LEDGER.outerjoin(each, sa.true()))
         stmt = (
-            sa.select(group, *source.measures())
-            .select_from(pairs.join(LEDGER, LEDGER.c.id == pairs.c.rid))
+            source.where(stmt, query)
             .group_by(*_positions(1))
-            .order_by(sa.func.coalesce(sa.func.sum(LEDGER.c.cost_usd), 0).desc(), group)
+            .order_by(sa.func.coalesce(sa.func.sum(LEDGER.c.cost_usd), 0).desc(), sa.literal_column("1"))
             .limit(limit)
         )
         return [{"group": _label(row.grp), **_measures_of(row)} for row in await self._rows(stmt)]
