@@ -294,7 +294,7 @@ async def test_schema_is_at_head_and_matches_the_live_table(ledger: SQLLedger) -
 
     async with ledger.engine.connect() as conn:
         revision, diff = await conn.run_sync(inspect)
-    assert revision == head == "0002_dashboard"
+    assert revision == head == "0003_dashboard"
     assert diff == []
 
 

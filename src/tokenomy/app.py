@@ -39,6 +39,7 @@ from tokenomy.store.ledger import Ledger, LedgerRow
 from tokenomy.store.ledger_factory import make_ledger
 from tokenomy.store.writer import LedgerWriter
 from tokenomy.tokens.counting import warm_up
+from tokenomy.tokens.stage import build_token_stage
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def build_gateway(settings: Settings) -> Gateway:
             RecordStage(recorders),
             IdentifyStage(),
             ResolveStage(registry),
+            build_token_stage(settings.tokens, registry, providers),
             ExecuteStage(providers),
         ],
         tracer=tracer,

@@ -1,4 +1,4 @@
-"""The ``tokenomy`` command: ``serve``, ``init``, ``prices``, ``spend``, ``report``."""
+"""The ``tokenomy`` command: ``serve``, ``init``, ``prices``, ``spend``, ``caps``, ``report``."""
 
 from __future__ import annotations
 
@@ -144,12 +144,12 @@ def prices(
 
 @app.command()
 def spend(
-    by: str = typer.Option("model", "--by", help="team, feature, customer, model, endpoint, tag, provider, key."),
+    by: str = typer.Option("model", "--by", help="team, feature, customer, model, endpoint, tag, provider, key, prompt."),
     since: Optional[str] = typer.Option(None, "--since", help="7d, 24h, 30m or a date (2026-01-01)."),
     fmt: str = typer.Option("table", "--format", help="table, json or csv."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
-    """Spend from the ledger, grouped, with baseline and savings."""
+    """Spend from the ledger, grouped, with baseline and savings (per technique too)."""
     from tokenomy.observe.spend_report import spend_command
 
     settings = settings_or_exit(config)
@@ -180,6 +180,24 @@ def report(
         return
     html.write_text(text)
     typer.echo(f"wrote {html}", err=True)
+
+
+@app.command()
+def caps(
+    by: str = typer.Option("feature", "--by", help="feature, team, key, model, prompt…"),
+    since: Optional[str] = typer.Option(None, "--since", help="7d, 24h, 30m or a date (2026-01-01)."),
+    fmt: str = typer.Option("table", "--format", help="table or json."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """How often answers hit their output cap (finish_reason length), to tune caps."""
+    from tokenomy.observe.spend_report import caps_command
+
+    settings = settings_or_exit(config)
+    try:
+        typer.echo(asyncio.run(caps_command(settings.ledger, by, since, fmt)))
+    except (ValueError, ConfigError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

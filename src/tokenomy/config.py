@@ -153,6 +153,9 @@ class ObserveSettings(Section):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
 
 
+from tokenomy.tokens.settings import TokensSettings  # noqa: E402  (a section defined with its feature)
+
+
 class Settings(BaseSettings):
     """Everything the gateway reads at start-up."""
 
@@ -162,6 +165,8 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     observe: ObserveSettings = Field(default_factory=ObserveSettings)
+    #: Output caps, context pruning, prompt compression, provider prompt caching (``tokenomy.tokens``).
+    tokens: TokensSettings = Field(default_factory=TokensSettings)
     #: Extra or replacement models. The built-in simulated models stay unless ``builtin_models`` is false.
     models: list[ModelSettings] = Field(default_factory=list)
     builtin_models: bool = True

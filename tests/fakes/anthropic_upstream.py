@@ -14,11 +14,14 @@ tools are given and the prompt mentions weather or ``tool_choice`` forces one; a
 thinking block first when ``thinking`` is enabled. ``max_tokens`` (counted in
 words) and ``stop_sequences`` cut the answer as Anthropic would.
 
-Prompt caching: every prefix up to the last ``cache_control`` breakpoint (tools,
-then system, then messages) is written on first sight and read afterwards, so
-usage reports ``cache_creation_input_tokens`` (split 5m/1h in
-``cache_creation``) then ``cache_read_input_tokens``. Tokens are words. Unlike
-the real API there is no minimum cacheable length.
+Prompt caching: the prefix up to each ``cache_control`` breakpoint (tools, then
+system, then messages) is a cache entry keyed by its content (where the marks
+sit does not matter). A request reads the longest cached prefix among its
+breakpoints and writes the rest up to its last breakpoint, so usage reports
+``cache_creation_input_tokens`` (split 5m/1h in ``cache_creation``) and
+``cache_read_input_tokens``. Tokens are words. Breakpoints whose prefix is under
+``min_cacheable_tokens`` (default 0) are ignored, as the real API ignores those
+under the model's minimum.
 
 Strictness: the current API merges consecutive same-role turns; this fake
 rejects them (``strict_alternation=True``, as the API did until 2024) so tests
@@ -272,10 +275,14 @@ def _cache_breakpoints(body: dict[str, Any]) -> Any:
 class FakeAnthropic(BackgroundServer):
     label = "fake-anthropic"
 
-    def __init__(self, *, api_key: str | None = "sk-ant-fake", strict_alternation: bool = True) -> None:
+    def __init__(
+        self, *, api_key: str | None = "sk-ant-fake", strict_alternation: bool = True, min_cacheable_tokens: int = 0
+    ) -> None:
         super().__init__()
         self.api_key = api_key
         self.strict_alternation = strict_alternation
+        self.min_cacheable_tokens = min_cacheable_tokens
+        self.cache_events: list[dict[str, int]] = []
         self.requests: list[dict[str, Any]] = []
         self.failures: collections.deque[str] = collections.deque()
         self._cache: set[str] = set()
@@ -396,19 +403,27 @@ class FakeAnthropic(BackgroundServer):
         parts = _prompt_parts(body)
         sizes = [_words(p.get("text") if p.get("type") == "text" else p) for p in parts]
         total = sum(sizes)
-        breakpoints = list(_cache_breakpoints(body))
+        # a breakpoint whose prefix is under the minimum is ignored, as Anthropic does
+        breakpoints = [
+            (pos, ttl) for pos, ttl in _cache_breakpoints(body) if sum(sizes[: pos + 1]) >= self.min_cacheable_tokens
+        ]
         read = write_5m = write_1h = 0
         if breakpoints:
-            end = breakpoints[-1][0] + 1
-            prefix = hashlib.sha256(orjson.dumps([body["model"], parts[:end]])).hexdigest()
-            cached = sum(sizes[:end])
-            if prefix in self._cache:
-                read = cached
-            else:
-                self._cache.add(prefix)
-                last_1h = max((pos for pos, ttl in breakpoints if ttl == "1h"), default=-1)
-                write_1h = sum(sizes[: last_1h + 1])
-                write_5m = cached - write_1h
+            # The cache key is the prefix's content: where the marks sit does not change it.
+            plain = [{k: v for k, v in part.items() if k != "cache_control"} for part in parts]
+            keys = [
+                (pos, ttl, hashlib.sha256(orjson.dumps([body["model"], plain[: pos + 1]])).hexdigest())
+                for pos, ttl in breakpoints
+            ]
+            # read the longest cached prefix; write from there to the last breakpoint
+            hit = max((pos for pos, _, key in keys if key in self._cache), default=-1)
+            read = sum(sizes[: hit + 1])
+            last = keys[-1][0]
+            last_1h = max((pos for pos, ttl, _ in keys if ttl == "1h" and pos > hit), default=hit)
+            write_1h = sum(sizes[hit + 1 : last_1h + 1])
+            write_5m = sum(sizes[max(hit, last_1h) + 1 : last + 1])
+            self._cache.update(key for _, _, key in keys)
+            self.cache_events.append({"read": read, "write_5m": write_5m, "write_1h": write_1h, "hit": hit})
         return {
             "input_tokens": total - read - write_5m - write_1h,
             "cache_creation_input_tokens": write_5m + write_1h,

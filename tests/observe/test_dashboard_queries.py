@@ -41,6 +41,8 @@ def seeded_rows(make_row: Callable[..., LedgerRow], n: int = 3000, seed: int = 7
             outcome="ok" if rnd.random() < 0.95 else "upstream_error",
             input_tokens=rnd.randrange(10, 5000),
             output_tokens=rnd.randrange(1, 800),
+            savings=rnd.choice([{}, {}, {"prune": {"tokens": 120, "usd": 0.00125}},
+                                {"prune": {"tokens": 40, "usd": 0.0005}, "compress": {"tokens": 7, "usd": None}}]),
         ))
     return rows
 
@@ -136,6 +138,14 @@ async def test_summary_timeseries_savings_and_windows(seeded: tuple[SQLLedger, l
     hourly = await queries.timeseries(Query(), None, "hour")
     assert sum(c["requests"] for b in hourly["buckets"] for c in b["groups"].values()) == len(rows)
 
+    tokens = {t["technique"]: t for t in await queries.token_savings(Query())}
+    assert tokens["prune"]["requests"] == sum("prune" in r.savings for r in rows)
+    assert tokens["prune"]["tokens"] == sum(r.savings["prune"]["tokens"] for r in rows if "prune" in r.savings)
+    assert tokens["prune"]["savings_usd"] == pytest.approx(
+        sum(r.savings["prune"]["usd"] for r in rows if "prune" in r.savings), rel=1e-9
+    )
+    assert tokens["compress"]["savings_usd"] == 0.0  # unknown price: no USD, tokens still counted
+    assert await queries.token_savings(Query(None, None, {"team": "search"})) is None
     savings = {t["technique"]: t for t in await queries.savings(Query())}
     cache_rows = [r for r in rows if r.cache_status == "hit-exact"]
     assert savings["cache"]["requests"] == len(cache_rows)

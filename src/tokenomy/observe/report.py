@@ -38,6 +38,7 @@ class ReportData:
     series: dict[str, Any]
     breakdowns: dict[str, list[dict[str, Any]]]
     savings: list[dict[str, Any]]
+    token_savings: list[dict[str, Any]] | None
     routes: list[dict[str, Any]]
     top: list[dict[str, Any]]
     budgets: list[dict[str, Any]] | None
@@ -52,6 +53,7 @@ async def collect(queries: DashboardQueries, since: dt.datetime | None, top: int
         series=await queries.timeseries(query, "model", "day"),
         breakdowns={by: await queries.breakdown(query, by, limit=top) for by in BREAKDOWNS},
         savings=await queries.savings(query),
+        token_savings=await queries.token_savings(query),
         routes=await queries.routing(query, limit=top),
         top=await queries.requests(query, "cost", limit=top),
         budgets=await budget_status(queries),
@@ -129,6 +131,7 @@ def render_html(data: ReportData) -> str:
     by_model = {g: [b["groups"].get(g, {}).get("cost_usd", 0.0) for b in series["buckets"]] for g in series["groups"]}
     out.append("<h2>Spend per day, by model</h2>" + stacked_bars(labels, by_model))
     savings_rows = [(t["technique"], t["savings_usd"], None) for t in data.savings]
+    savings_rows += [(f"tokens: {t['technique']}", t["savings_usd"], None) for t in data.token_savings or []]
     out.append('<div class="grid"><div><h2>Savings per technique</h2>' + horizontal_bars(savings_rows) + "</div>")
     routes = "".join(
         f"<tr><td>{escape(r['model_asked'])} → {escape(r['model_served'])}</td><td>{r['requests']:,}</td>"

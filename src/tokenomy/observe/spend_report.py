@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenomy.config import LedgerSettings
-from tokenomy.store.ledger import SPEND_DIMENSIONS, SpendGroup
+from tokenomy.store.ledger import SPEND_DIMENSIONS, CapHits, SpendGroup, TechniqueSavings
 from tokenomy.store.ledger_factory import make_ledger
 
 FORMATS: tuple[str, ...] = ("table", "json", "csv")
@@ -65,21 +65,62 @@ def totals(groups: Sequence[SpendGroup]) -> dict[str, Any]:
     return {name: sum(getattr(group, name) for group in groups) for name in _FIELDS}
 
 
-def render_spend(groups: Sequence[SpendGroup], fmt: str, by: str) -> str:
-    """Render ``spend_summary`` groups as ``table`` (text), ``json`` or ``csv``."""
+def render_spend(
+    groups: Sequence[SpendGroup], fmt: str, by: str, savings: Sequence[TechniqueSavings] = ()
+) -> str:
+    """Render ``spend_summary`` groups as ``table`` (text), ``json`` or ``csv``.
+
+    ``savings`` (from ``Ledger.savings_summary``) adds what each technique saved:
+    a second table, a ``savings_by_technique`` list in JSON, and one
+    ``saved_usd_<technique>`` column per technique in CSV.
+    """
     if fmt == "table":
-        return _table(groups, by)
+        text = _table(groups, by)
+        return text + _savings_table(savings, by) if savings else text
     if fmt == "json":
-        document = {"by": by, "groups": [group.as_dict() for group in groups], "totals": totals(groups)}
+        document: dict[str, Any] = {"by": by, "groups": [group.as_dict() for group in groups], "totals": totals(groups)}
+        if savings:
+            document["savings_by_technique"] = [entry.as_dict() for entry in savings]
         return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
     if fmt == "csv":
+        techniques = sorted({entry.technique for entry in savings})
+        saved = {(entry.group, entry.technique): entry.usd for entry in savings}
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([by, *_FIELDS])
+        writer.writerow([by, *_FIELDS, *(f"saved_usd_{t}" for t in techniques)])
         for group in groups:
-            writer.writerow([group.group, *(getattr(group, name) for name in _FIELDS)])
+            extra = [saved.get((group.group, t), 0.0) for t in techniques]
+            writer.writerow([group.group, *(getattr(group, name) for name in _FIELDS), *extra])
         return out.getvalue()
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _savings_table(savings: Sequence[TechniqueSavings], by: str, width: int = 120) -> str:
+    table = Table(title=f"Savings by technique and {by}", title_justify="left", show_footer=True)
+    by_technique: dict[str, float] = {}
+    for entry in savings:
+        by_technique[entry.technique] = by_technique.get(entry.technique, 0.0) + entry.usd
+    table.add_column(by, footer="Total")
+    table.add_column("Technique", footer=", ".join(f"{t} {_usd(v)}" for t, v in sorted(by_technique.items())))
+    table.add_column("Requests", justify="right")
+    table.add_column("Tokens saved", justify="right")
+    table.add_column("Saved", justify="right", footer=_usd(sum(by_technique.values())))
+    for entry in savings:
+        table.add_row(entry.group, entry.technique, f"{entry.requests:,}", f"{entry.tokens:,}", _usd(entry.usd))
+    table.caption = (
+        "Tokens: prompt tokens not sent (prompt_cache: read from the provider's cache). Saved: against the "
+        "baseline, net of the technique's own cost (e.g. summaries); negative when a cache write was not read back."
+    )
+    table.caption_justify = "left"
+    return _render(table, width)
+
+
+def _render(table: Table, width: int) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None, highlight=False, emoji=False)
+    console.print(table)
+    text: str = console.file.getvalue()  # type: ignore[attr-defined]
+    # Rich pads title and caption lines to the console width; trailing blanks only get in the way.
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
 
 def _usd(value: float) -> str:
@@ -122,11 +163,7 @@ def _table(groups: Sequence[SpendGroup], by: str, width: int = 120) -> str:
         notes.append("A call with several tags counts in each, so totals may exceed the real spend.")
     table.caption = "\n".join(notes) or None
     table.caption_justify = "left"
-    console = Console(file=io.StringIO(), width=width, color_system=None, highlight=False, emoji=False)
-    console.print(table)
-    text: str = console.file.getvalue()  # type: ignore[attr-defined]
-    # Rich pads title and caption lines to the console width; trailing blanks only get in the way.
-    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
+    return _render(table, width)
 
 
 async def spend_command(
@@ -151,6 +188,59 @@ async def spend_command(
     await ledger.start()
     try:
         groups = await ledger.spend_summary(by, start, end)
+        savings = await ledger.savings_summary(by, start, end)
     finally:
         await ledger.aclose()
-    return render_spend(groups, fmt, by)
+    return render_spend(groups, fmt, by, savings)
+
+
+async def caps_command(
+    settings: LedgerSettings,
+    by: str = "feature",
+    since: str | dt.datetime | None = None,
+    fmt: str = "table",
+    until: str | dt.datetime | None = None,
+) -> str:
+    """Everything behind ``tokenomy caps``: how often answers hit their output limit, per group."""
+    if by not in SPEND_DIMENSIONS:
+        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(SPEND_DIMENSIONS)}")
+    if fmt not in ("table", "json"):
+        raise ValueError(f"unknown format {fmt!r}; choose one of table, json")
+    start = parse_since(since) if isinstance(since, str) else since
+    end = parse_since(until) if isinstance(until, str) else until
+    ledger = make_ledger(settings)
+    await ledger.start()
+    try:
+        caps = await ledger.caps_summary(by, start, end)
+    finally:
+        await ledger.aclose()
+    return render_caps(caps, fmt, by)
+
+
+def render_caps(caps: Sequence[CapHits], fmt: str, by: str, width: int = 120) -> str:
+    """Cap hits per group as a table or JSON."""
+    if fmt == "json":
+        return orjson.dumps({"by": by, "groups": [c.as_dict() for c in caps]}, option=orjson.OPT_INDENT_2).decode()
+    table = Table(title=f"Output caps by {by}", title_justify="left")
+    for title in (by, "Requests", "Capped", "Hit cap", "Hit rate", "Largest cap", "Any length stop", "Output/req"):
+        table.add_column(title, justify="left" if title == by else "right")
+    for c in caps:
+        rate = "–" if c.hit_rate is None else f"{c.hit_rate:.1%}"
+        table.add_row(
+            c.group,
+            f"{c.requests:,}",
+            f"{c.capped:,}",
+            f"{c.cap_hits:,}",
+            rate,
+            "–" if c.max_cap is None else f"{c.max_cap:,}",
+            f"{c.length_total:,}",
+            f"{c.output_tokens / c.requests:,.0f}" if c.requests else "–",
+        )
+    table.caption = (
+        "Capped: calls whose max_tokens the gateway set or lowered. Hit cap: those that stopped at it "
+        "(finish_reason length). A high hit rate means the cap cuts answers short: raise it."
+        if caps
+        else "No chat calls recorded in this window."
+    )
+    table.caption_justify = "left"
+    return _render(table, width)

@@ -57,15 +57,44 @@ class CostItem:
 
 
 @dataclass(slots=True)
+class Saving:
+    """What one technique (pruning, compression, prompt caching…) saved on a call.
+
+    ``tokens``: prompt tokens not sent (or, for prompt caching, read from the
+    provider's cache), in the provider's units once the call is settled.
+    ``usd``: dollars saved against the baseline, net of what the technique itself
+    cost (``cost_usd``, e.g. the summary call); ``None`` while unsettled or when a
+    price is unknown.
+    """
+
+    tokens: int = 0
+    usd: float | None = None
+    cost_usd: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "usd": self.usd}
+
+
+@dataclass(slots=True)
 class CostTrace:
     """Every cost item of a call plus its baseline.
 
     The baseline is what the call would have cost sent unmodified to the model
     asked, with no cache, routing or pruning; savings are ``baseline - total``.
+    When a stage rewrites the prompt it records the prompt's size before
+    (``prompt_tokens_asked``) and after (``prompt_tokens_sent``), counted with
+    the same tokenizer, so the baseline is priced on the prompt as asked; the
+    difference is scaled to the provider's own count. ``savings`` says which
+    technique saved what.
     """
 
     items: list[CostItem] = field(default_factory=list)
     baseline_usd: float | None = None
+    savings: dict[str, Saving] = field(default_factory=dict)
+    prompt_tokens_asked: int | None = None
+    prompt_tokens_sent: int | None = None
+    #: prompt-cache breakpoints the gateway added (the baseline then prices the prompt uncached)
+    cache_breakpoints_added: int = 0
 
     def add(self, item: CostItem) -> None:
         self.items.append(item)
@@ -87,6 +116,38 @@ class CostTrace:
             return None
         return self.baseline_usd - total
 
+    def saving(self, technique: str) -> Saving:
+        """The (new or existing) saving entry of ``technique``."""
+        entry = self.savings.get(technique)
+        if entry is None:
+            entry = self.savings[technique] = Saving()
+        return entry
+
+    def input_scale(self, usage: Usage) -> float:
+        """Provider prompt tokens per counted token (1.0 when unknown)."""
+        sent = self.prompt_tokens_sent
+        if not sent or not usage.input_tokens:
+            return 1.0
+        return usage.input_tokens / sent
+
+    def baseline_usage(self, usage: Usage) -> Usage:
+        """The usage the unmodified request would have had, given the usage of the one sent."""
+        asked, sent = self.prompt_tokens_asked, self.prompt_tokens_sent
+        input_tokens = usage.input_tokens
+        if asked is not None and sent is not None and asked != sent:
+            input_tokens += round((asked - sent) * self.input_scale(usage))
+        elif not self.cache_breakpoints_added:
+            return usage
+        if self.cache_breakpoints_added:
+            return Usage(input_tokens=input_tokens, output_tokens=usage.output_tokens)
+        return Usage(
+            input_tokens,
+            usage.output_tokens,
+            usage.cached_tokens,
+            usage.cache_write_tokens,
+            usage.cache_write_1h_tokens,
+        )
+
     def usage(self) -> Usage:
         """Token totals over all items."""
         total = Usage()
@@ -99,6 +160,7 @@ class CostTrace:
             "items": [item.as_dict() for item in self.items],
             "total_usd": self.total_usd,
             "baseline_usd": self.baseline_usd,
+            "savings": {name: saving.as_dict() for name, saving in self.savings.items()},
         }
 
 
@@ -150,6 +212,12 @@ class Call:
     upstream_ms: float | None = None
     duration_ms: float | None = None
     annotations: dict[str, Any] = field(default_factory=dict)
+    #: the answer's ``finish_reason`` (``length``: it hit its output limit)
+    finish_reason: str | None = None
+    #: the output limit the gateway imposed (a default or a clamp); ``None``: the request's own
+    output_cap: int | None = None
+    #: prompt template and version the client named (``x-tokenomy-prompt: name@version``)
+    prompt: str | None = None
 
     def finish(self) -> None:
         """Stamp the total duration; called once when the answer is complete."""

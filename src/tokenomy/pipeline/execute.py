@@ -20,6 +20,7 @@ from tokenomy.providers.anthropic_client_request import strip_anthropic_extensio
 from tokenomy.providers.base import Provider
 from tokenomy.providers.usage import Usage
 from tokenomy.tokens.counting import count_messages, count_text
+from tokenomy.tokens.savings import settle as settle_savings
 
 if TYPE_CHECKING:
     from tokenomy.observe.tracing import StageTracer
@@ -57,7 +58,7 @@ class ExecuteStage(Stage):
         deployment = target.deployment
         provider = self.providers[deployment.provider]
         body = call.body
-        if call.api == "anthropic" and not provider.accepts_anthropic_extensions:
+        if (call.api == "anthropic" or call.trace.cache_breakpoints_added) and not provider.accepts_anthropic_extensions:
             body = strip_anthropic_extensions(body)
         if body.get("model") != deployment.upstream_model:
             body = {**body, "model": deployment.upstream_model}
@@ -111,9 +112,14 @@ class ExecuteStage(Stage):
 def charge(call: Call, target: Target, step: str, usage: Usage) -> None:
     """Add a priced cost item; the first one also fixes the baseline if nothing else did."""
     deployment = target.deployment
-    call.trace.add(CostItem(step, deployment.name, deployment.provider, usage, cost_usd(target.price, usage)))
-    if call.trace.baseline_usd is None and call.baseline_price is not None:
-        call.trace.baseline_usd = cost_usd(call.baseline_price, usage)
+    trace = call.trace
+    first = not any(item.step == step for item in trace.items)
+    trace.add(CostItem(step, deployment.name, deployment.provider, usage, cost_usd(target.price, usage)))
+    if trace.baseline_usd is None and call.baseline_price is not None:
+        # priced on the prompt as asked when a stage rewrote it (pruning, compression, caching)
+        trace.baseline_usd = cost_usd(call.baseline_price, trace.baseline_usage(usage))
+    if first and (trace.savings or trace.cache_breakpoints_added):
+        settle_savings(trace, usage, call.baseline_price, target.price)
 
 
 def estimate_usage(body: dict[str, Any], output: str | int, model: str) -> Usage:

@@ -136,7 +136,10 @@ def _anthropic_user_to_openai(content: str | list[Any], where: str) -> list[dict
 
 def _anthropic_part_to_openai(block: dict[str, Any], kind: str | None, param: str) -> dict[str, Any]:
     if kind == "text":
-        return with_cache_control({"type": "text", "text": block.get("text", "")}, block)
+        part = with_cache_control({"type": "text", "text": block.get("text", "")}, block)
+        if block.get("retrieved"):  # a retrieved chunk (see tokenomy.tokens.compress); never sent upstream
+            part["retrieved"] = True
+        return part
     if kind == "image":
         source = block.get("source") or {}
         if source.get("type") == "base64":

@@ -35,6 +35,7 @@ from tokenomy.store.rollup import (
     MEASURES,
     ROLLUP_DIMENSIONS,
     ROUTE_ARROW,
+    SAVING_SLICE,
     TECHNIQUES,
 )
 from tokenomy.store.sql_ledger import LEDGER, LEDGER_DAILY, LEDGER_DIM_ROLLUP, SQLLedger
@@ -319,6 +320,19 @@ class DashboardQueries:
         empty = dict.fromkeys(MEASURES, 0)
         return [{"technique": name, **{k: v for k, v in found.get(name, empty).items() if k != "group"}}
                 for name in TECHNIQUES]
+
+    async def token_savings(self, query: Query) -> list[dict[str, Any]] | None:
+        """What each token technique saved (prune, summarize, compress, prompt_cache…), from
+        the ledger's per-call ``savings``; ``None`` with filters (only the unfiltered slice is kept)."""
+        if query.filters:
+            return None
+        source = _Source("dim", self.dialect, SAVING_SLICE)
+        c = source.table.c
+        stmt = sa.select(c.value, sa.func.sum(c.requests).label("requests"), sa.func.sum(c.input_tokens).label("tokens"),
+                         sa.func.sum(c.savings_usd).label("usd")).group_by(c.value)
+        rows = await self._rows(source.where(stmt, query).order_by(sa.desc("usd")))
+        return [{"technique": row.value, "requests": int(row.requests or 0), "tokens": int(row.tokens or 0),
+                 "savings_usd": float(row.usd or 0.0)} for row in rows]
 
     async def routing(self, query: Query, limit: int = 50) -> list[dict[str, Any]]:
         """Calls per route (model asked → model served), most requests first."""

@@ -49,6 +49,14 @@ class LedgerRow:
     upstream_ms: float | None
     stage_ms: dict[str, float] = field(default_factory=dict)
     cost_items: list[dict[str, Any]] = field(default_factory=list)
+    #: the answer's finish reason (``length``: it hit its output limit)
+    finish_reason: str | None = None
+    #: the output limit the gateway imposed (default or clamp); ``None``: the request's own
+    output_cap: int | None = None
+    #: prompt template and version named by the client (``x-tokenomy-prompt: name@version``)
+    prompt: str | None = None
+    #: what each token technique saved: ``{technique: {"tokens": int, "usd": float | None}}``
+    savings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def savings_usd(self) -> float | None:
@@ -94,6 +102,10 @@ class LedgerRow:
             upstream_ms=call.upstream_ms,
             stage_ms=dict(call.stage_ms),
             cost_items=[item.as_dict() for item in call.trace.items],
+            finish_reason=call.finish_reason,
+            output_cap=call.output_cap,
+            prompt=call.prompt,
+            savings={name: saving.as_dict() for name, saving in call.trace.savings.items()},
         )
 
 
@@ -109,6 +121,7 @@ SPEND_DIMENSIONS: dict[str, str] = {
     "provider": "provider",
     "traffic_class": "traffic_class",
     "key": "key_id",
+    "prompt": "prompt",
 }
 
 #: Group name for rows whose dimension is NULL (or that carry no tag).
@@ -136,6 +149,45 @@ class SpendGroup:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(slots=True, frozen=True)
+class TechniqueSavings:
+    """What one technique (``prune``, ``summarize``, ``compress``, ``prompt_cache``…) saved in one group."""
+
+    group: str
+    technique: str
+    requests: int
+    tokens: int
+    usd: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True, frozen=True)
+class CapHits:
+    """How often answers of one group hit their output limit (``finish_reason == "length"``).
+
+    ``capped``: calls whose limit the gateway set or lowered; ``cap_hits``: those
+    that stopped at it — a high rate means the cap cuts answers short.
+    ``length_total`` counts every answer cut by a limit, the client's own included.
+    """
+
+    group: str
+    requests: int
+    capped: int
+    cap_hits: int
+    length_total: int
+    max_cap: int | None
+    output_tokens: int
+
+    @property
+    def hit_rate(self) -> float | None:
+        return self.cap_hits / self.capped if self.capped else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "hit_rate": self.hit_rate}
 
 
 class Ledger(abc.ABC):
@@ -168,6 +220,62 @@ class Ledger(abc.ABC):
         Raises ``ValueError`` for an unknown ``by``.
         """
 
+    async def savings_summary(
+        self, by: str, since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> list[TechniqueSavings]:
+        """Savings per (group of ``by``, technique) in ``[since, until)``, largest first.
+
+        This default aggregates ``fetch()`` in Python; SQL stores do it in the database.
+        """
+        column = _dimension(by)
+        totals: dict[tuple[str, str], list[float]] = {}
+        for row in await self.fetch(since=since):
+            if until is not None and row.created_at >= until:
+                continue
+            for group in _groups(row, column):
+                for technique, saving in (row.savings or {}).items():
+                    entry = totals.setdefault((group, technique), [0, 0, 0.0])
+                    entry[0] += 1
+                    entry[1] += int(saving.get("tokens") or 0)
+                    entry[2] += float(saving.get("usd") or 0.0)
+        out = [TechniqueSavings(g, t, int(v[0]), int(v[1]), v[2]) for (g, t), v in totals.items()]
+        return sorted(out, key=lambda s: (-s.usd, s.group, s.technique))
+
+    async def caps_summary(
+        self, by: str = "feature", since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> list[CapHits]:
+        """Output-limit hits per group of ``by`` (chat calls only), most capped first."""
+        column = _dimension(by)
+        totals: dict[str, list[Any]] = {}
+        for row in await self.fetch(since=since):
+            if row.kind != "chat" or (until is not None and row.created_at >= until):
+                continue
+            for group in _groups(row, column):
+                entry = totals.setdefault(group, [0, 0, 0, 0, None, 0])
+                entry[0] += 1
+                length = row.finish_reason == "length"
+                if row.output_cap is not None:
+                    entry[1] += 1
+                    entry[2] += int(length)
+                    entry[4] = max(entry[4] or 0, row.output_cap)
+                entry[3] += int(length)
+                entry[5] += row.output_tokens
+        out = [CapHits(g, *v) for g, v in totals.items()]
+        return sorted(out, key=lambda c: (-c.capped, -c.requests, c.group))
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Release connections."""
+
+
+def _dimension(by: str) -> str:
+    if by not in SPEND_DIMENSIONS:
+        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(SPEND_DIMENSIONS)}")
+    return SPEND_DIMENSIONS[by]
+
+
+def _groups(row: LedgerRow, column: str) -> list[str]:
+    value = getattr(row, column)
+    if column == "tags":
+        return list(value) or [NO_GROUP]
+    return [value if value is not None else NO_GROUP]

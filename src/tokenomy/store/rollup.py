@@ -47,6 +47,10 @@ ROLLUP_DIMENSIONS: dict[str, str] = {
 DAILY_DIMENSIONS: dict[str, str] = {"customer": "customer", "tag": "tags", "key": "key_id"}
 #: Dimensions computed from several columns.
 DERIVED_DIMENSIONS = ("route", "technique")
+#: The ``saving`` slice holds the ledger's per-call token-technique savings (``savings``
+#: column: prune, summarize, compress, prompt_cache…), one value per technique; its
+#: measures differ (see ``_saving_measures``), so it is not a general dimension.
+SAVING_SLICE = "saving"
 ROUTE_ARROW = " → "
 
 #: ``cache_status`` values that are not a hit (anything else is: ``hit-exact``, ``hit-semantic``, ``coalesced`` …).
@@ -122,6 +126,16 @@ def _row_measures(row: Any) -> list[float]:
     ]
 
 
+def _saving_measures(saving: dict[str, Any]) -> list[float]:
+    """The ``saving`` slice: calls that used a token technique, tokens it saved (in
+    ``input_tokens``) and USD (in ``savings_usd``); the other sums stay 0."""
+    values: list[float] = [0] * len(MEASURES)
+    values[0] = 1
+    values[1] = int(saving.get("tokens") or 0)
+    values[6] = float(saving.get("usd") or 0.0)
+    return values
+
+
 def _add(target: dict[tuple[Any, ...], list[float]], key: tuple[Any, ...], values: list[float]) -> None:
     # Lists are never changed in place, so one row's values can start several sums.
     sums = target.get(key)
@@ -165,6 +179,8 @@ class RollupWriter:
             _add(by_dimension, ("key", row.key_id or "", day), values)
             for tag in dict.fromkeys(row.tags) or ("",):
                 _add(by_dimension, ("tag", tag, day), values)
+            for technique, saving in (getattr(row, "savings", None) or {}).items():
+                _add(by_dimension, ("saving", technique, hour), _saving_measures(saving))
         # Sorted keys: concurrent writers (replicas) lock rollup rows in one order,
         # so their upserts queue instead of deadlocking.
         if by_dimension:
@@ -226,6 +242,18 @@ def rebuild_statements(dialect: str) -> list[str]:
     statements.append(
         into_dim + f"SELECT 'tag', {day}, COALESCE(x.tag, ''), {measures} FROM {tags} x JOIN ledger l ON l.id = x.id "
         "GROUP BY 2, 3"
+    )
+    if dialect == "postgresql":
+        saving = ("FROM ledger l CROSS JOIN LATERAL jsonb_each(l.savings) AS s(key, value)",
+                  "COALESCE(sum((s.value->>'tokens')::bigint), 0)", "COALESCE(sum((s.value->>'usd')::float8), 0)")
+    else:
+        saving = ("FROM ledger l, json_each(l.savings) AS s",
+                  "COALESCE(sum(json_extract(s.value, '$.tokens')), 0)", "COALESCE(sum(json_extract(s.value, '$.usd')), 0)")
+    zeros = ", ".join("0" for _ in MEASURES[2:6])
+    tail = ", ".join("0" for _ in MEASURES[7:])
+    statements.append(
+        into_dim + f"SELECT '{SAVING_SLICE}', {hour}, s.key, count(*), {saving[1]}, {zeros}, {saving[2]}, {tail} "
+        f"{saving[0]} GROUP BY 2, 3"
     )
     return statements
 

@@ -30,7 +30,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tokenomy.config import ConfigError
-from tokenomy.store.ledger import NO_GROUP, SPEND_DIMENSIONS, Ledger, LedgerRow, SpendGroup
+from tokenomy.store.ledger import (
+    NO_GROUP,
+    SPEND_DIMENSIONS,
+    CapHits,
+    Ledger,
+    LedgerRow,
+    SpendGroup,
+    TechniqueSavings,
+)
 from tokenomy.store.migrations import upgrade_head
 from tokenomy.store.rollup import RollupWriter, define_tables, rebuild_statements
 
@@ -103,8 +111,13 @@ LEDGER = sa.Table(
     sa.Column("upstream_ms", sa.Float(), nullable=True),
     sa.Column("stage_ms", sa.JSON(), nullable=False),
     sa.Column("cost_items", sa.JSON(), nullable=False),
+    sa.Column("finish_reason", sa.String(), nullable=True),
+    sa.Column("output_cap", sa.Integer(), nullable=True),
+    sa.Column("prompt", sa.String(), nullable=True),
+    sa.Column("savings", _tags_json(), nullable=False, server_default=sa.text("'{}'")),
     sa.UniqueConstraint("request_id", name="uq_ledger_request_id"),
     sa.Index("ix_ledger_created_at", "created_at"),
+    sa.Index("ix_ledger_prompt_created_at", "prompt", "created_at"),
     *(
         sa.Index(f"ix_ledger_{dimension}_created_at", dimension, "created_at")
         for dimension in ("team", "feature", "customer", "model_served")
@@ -286,16 +299,50 @@ class SQLLedger(Ledger):
                 for row in result
             ]
 
+    async def savings_summary(
+        self, by: str, since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> list[TechniqueSavings]:
+        stmt = savings_summary_query(self.dialect, by, since, until)
+        async with self.engine.connect() as conn:
+            result = await conn.execute(stmt)
+            return [
+                TechniqueSavings(
+                    group=str(row.spend_group),
+                    technique=str(row.technique),
+                    requests=int(row.requests),
+                    tokens=int(row.tokens or 0),
+                    usd=float(row.usd or 0.0),
+                )
+                for row in result
+            ]
+
+    async def caps_summary(
+        self, by: str = "feature", since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> list[CapHits]:
+        stmt = caps_summary_query(self.dialect, by, since, until)
+        async with self.engine.connect() as conn:
+            result = await conn.execute(stmt)
+            return [
+                CapHits(
+                    group=str(row.spend_group),
+                    requests=int(row.requests),
+                    capped=int(row.capped),
+                    cap_hits=int(row.cap_hits),
+                    length_total=int(row.length_total),
+                    max_cap=None if row.max_cap is None else int(row.max_cap),
+                    output_tokens=int(row.output_tokens),
+                )
+                for row in result
+            ]
+
     async def aclose(self) -> None:
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await engine.dispose()
 
 
-def spend_summary_query(
-    dialect: str, by: str, since: dt.datetime | None = None, until: dt.datetime | None = None
-) -> sa.Select[Any]:
-    """The ``GROUP BY`` behind ``spend_summary``; ``dialect`` matters only for ``by="tag"``."""
+def _grouping(dialect: str, by: str) -> tuple[sa.FromClause, sa.ColumnElement[Any]]:
+    """The rows to aggregate and the group expression (labelled ``spend_group``) for ``by``."""
     if by not in SPEND_DIMENSIONS:
         raise ValueError(f"cannot group spend by {by!r}; choose one of {', '.join(SPEND_DIMENSIONS)}")
     table = LEDGER
@@ -312,12 +359,86 @@ def spend_summary_query(
         key: sa.ColumnElement[Any] = tags.c.value
     else:
         key = table.c[SPEND_DIMENSIONS[by]]
-
-    both_known = sa.and_(table.c.cost_usd.is_not(None), table.c.baseline_usd.is_not(None))
     # A literal, not a bound parameter: GROUP BY must repeat the select's
     # expression exactly, and two binds ($1, $9) would not compare equal.
     none = sa.literal_column("'" + NO_GROUP.replace("'", "''") + "'", sa.String())
-    group = sa.func.coalesce(key, none).label("spend_group")
+    return source, sa.func.coalesce(key, none).label("spend_group")
+
+
+def _window(stmt: sa.Select[Any], since: dt.datetime | None, until: dt.datetime | None) -> sa.Select[Any]:
+    if since is not None:
+        stmt = stmt.where(LEDGER.c.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(LEDGER.c.created_at < until)
+    return stmt
+
+
+def savings_summary_query(
+    dialect: str, by: str, since: dt.datetime | None = None, until: dt.datetime | None = None
+) -> sa.Select[Any]:
+    """Savings per (group, technique): the ``savings`` JSON object unnested in SQL."""
+    source, group = _grouping(dialect, by)
+    if dialect == "postgresql":
+        techniques = sa.func.jsonb_each(LEDGER.c.savings).table_valued("key", "value").render_derived(name="technique")
+        techniques = techniques.lateral()
+        tokens = sa.cast(techniques.c.value.op("->>")("tokens"), sa.BigInteger())
+        usd = sa.cast(techniques.c.value.op("->>")("usd"), sa.Float())
+    else:
+        techniques = sa.func.json_each(LEDGER.c.savings).table_valued("key", "value").alias("technique")
+        tokens = sa.func.json_extract(techniques.c.value, "$.tokens")
+        usd = sa.func.json_extract(techniques.c.value, "$.usd")
+    saved = sa.func.coalesce(sa.func.sum(usd), 0.0).label("usd")
+    technique = techniques.c.key.label("technique")
+    stmt = (
+        sa.select(
+            group,
+            technique,
+            sa.func.count().label("requests"),
+            sa.func.coalesce(sa.func.sum(tokens), 0).label("tokens"),
+            saved,
+        )
+        .select_from(source.join(techniques, sa.true()))
+        .group_by(group, techniques.c.key)
+        .order_by(saved.desc(), group, techniques.c.key)
+    )
+    return _window(stmt, since, until)
+
+
+def caps_summary_query(
+    dialect: str, by: str = "feature", since: dt.datetime | None = None, until: dt.datetime | None = None
+) -> sa.Select[Any]:
+    """Output-limit hits per group (chat calls): capped calls, hits, every ``length`` finish."""
+    source, group = _grouping(dialect, by)
+    table = LEDGER
+    length = table.c.finish_reason == "length"
+    capped_count = sa.func.coalesce(sa.func.sum(sa.case((table.c.output_cap.is_not(None), 1), else_=0)), 0)
+    stmt = (
+        sa.select(
+            group,
+            sa.func.count().label("requests"),
+            capped_count.label("capped"),
+            sa.func.coalesce(
+                sa.func.sum(sa.case((sa.and_(table.c.output_cap.is_not(None), length), 1), else_=0)), 0
+            ).label("cap_hits"),
+            sa.func.coalesce(sa.func.sum(sa.case((length, 1), else_=0)), 0).label("length_total"),
+            sa.func.max(table.c.output_cap).label("max_cap"),
+            sa.func.coalesce(sa.func.sum(table.c.output_tokens), 0).label("output_tokens"),
+        )
+        .select_from(source)
+        .where(table.c.kind == "chat")
+        .group_by(group)
+        .order_by(capped_count.desc(), sa.func.count().desc(), group)
+    )
+    return _window(stmt, since, until)
+
+
+def spend_summary_query(
+    dialect: str, by: str, since: dt.datetime | None = None, until: dt.datetime | None = None
+) -> sa.Select[Any]:
+    """The ``GROUP BY`` behind ``spend_summary``; ``dialect`` matters only for ``by="tag"``."""
+    source, group = _grouping(dialect, by)
+    table = LEDGER
+    both_known = sa.and_(table.c.cost_usd.is_not(None), table.c.baseline_usd.is_not(None))
     cost = sa.func.coalesce(sa.func.sum(table.c.cost_usd), 0.0).label("cost_usd")
     stmt = (
         sa.select(

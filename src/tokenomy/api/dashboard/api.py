@@ -10,7 +10,7 @@ Every endpoint takes the same query string:
     GET /dashboard/api/summary          totals, cache hit rate, error and routed counts
     GET /dashboard/api/timeseries       ?by=model&step=day   spend over time, split by a dimension
     GET /dashboard/api/breakdown        ?by=team             spend per value of a dimension
-    GET /dashboard/api/savings          baseline vs actual, per technique
+    GET /dashboard/api/savings          baseline vs actual, per technique (and per token technique)
     GET /dashboard/api/routing          model asked → model served
     GET /dashboard/api/requests         ?order=cost|recent&limit=50
     GET /dashboard/api/requests/{id}    one call with its CostTrace
@@ -126,7 +126,8 @@ async def breakdown(request: Request) -> Response:
 
 @admin_only
 async def savings(request: Request) -> Response:
-    return JSONResponse({"techniques": await queries_of(request).savings(parse_query(request))})
+    queries, query = queries_of(request), parse_query(request)
+    return JSONResponse({"techniques": await queries.savings(query), "token_techniques": await queries.token_savings(query)})
 
 
 @admin_only

@@ -80,9 +80,13 @@ async function loadTimeseries() {
 async function loadSavings() {
   const s = await api("savings");
   window.tokenomyDashboard.data.savings = s;
-  chart("chart-savings", { type: "bar", data: {
-    labels: s.techniques.map((t) => t.technique),
-    datasets: [{ label: "saved (USD)", backgroundColor: "#19a979", data: s.techniques.map((t) => t.savings_usd) }],
+  // Calls are attributed to cache / routing / batch / other; token techniques (pruning,
+  // compression, prompt caching…) are what the ledger's per-call savings say, shown beside them.
+  const tokens = s.token_techniques || [];
+  const labels = [...s.techniques.map((t) => t.technique), ...tokens.map((t) => `tokens: ${t.technique}`)];
+  chart("chart-savings", { type: "bar", data: { labels,
+    datasets: [{ label: "saved (USD)", data: [...s.techniques.map((t) => t.savings_usd), ...tokens.map((t) => t.savings_usd)],
+      backgroundColor: labels.map((l) => l.startsWith("tokens:") ? "#945ecf" : "#19a979") }],
   }, options: { plugins: { legend: { display: false } } } });
 }
 

@@ -1,7 +1,7 @@
 """Dashboard rollups: per-dimension and daily pre-aggregated spend, and a cost index.
 
-Revision ID: 0002_dashboard
-Revises: 0001_ledger
+Revision ID: 0003_dashboard
+Revises: 0002_tokens
 Create Date: 2026-11-25
 
 ``ledger_dim_rollup`` sums the ledger per time bucket and value of each
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_dashboard"
-down_revision: str | None = "0001_ledger"
+revision: str = "0003_dashboard"
+down_revision: str | None = "0002_tokens"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
