@@ -34,6 +34,7 @@ def dashboard_rows(n: int = 400, seed: int = 3) -> list[LedgerRow]:
             cache_status=rnd.choice(["miss", "miss", "hit-exact"]),
             input_tokens=rnd.randrange(100, 8000),
             output_tokens=rnd.randrange(10, 900),
+            savings=rnd.choice([{}, {}, {"prune": {"tokens": 300, "usd": 0.002}}]),
             cost_items=[{"step": "generation", "model": served, "provider": "openai", "input_tokens": 1,
                          "output_tokens": 1, "cached_tokens": 0, "cache_write_tokens": 0, "usd": cost}],
         ))

@@ -110,6 +110,7 @@ def test_dashboard_renders_the_ledger_in_chromium(start_gateway: Callable[..., G
         sum(r.baseline_usd - r.cost_usd for r in rows if r.model_served != r.model_asked and r.cache_status != "hit-exact")
     )
     assert savings["routing"] > 0
+    assert savings["tokens: prune"] == pytest.approx(sum(r.savings["prune"]["usd"] for r in rows if r.savings))
     # the canvas really has pixels drawn on it, not just data
     painted = driver.execute_script(
         "const c = document.getElementById('chart-spend'); const d = c.getContext('2d')"
