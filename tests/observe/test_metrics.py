@@ -116,11 +116,15 @@ def test_each_gateway_has_its_own_registry() -> None:
     call.model_served, call.cache_status, call.outcome = "m", "hit-exact", "ok"
     call.trace.add(CostItem("generation", "m", "p", Usage(input_tokens=10, output_tokens=5), 0.25))
     call.stage_ms = {"record": 0.01}
+    prune = call.trace.saving("prune")
+    prune.tokens, prune.usd = 120, 0.0125
     first.record(call)
     a, b = samples(first.exposition().decode()), samples(second.exposition().decode())
     assert total(a, "tokenomy_requests_total") == 1 and total(b, "tokenomy_requests_total") == 0
     assert total(a, "tokenomy_cache_hits_total", status="hit-exact") == 1
     assert total(a, "tokenomy_cost_usd_total") == 0.25
+    assert total(a, "tokenomy_saved_tokens_total", technique="prune") == 120
+    assert total(a, "tokenomy_saved_usd_total", technique="prune") == 0.0125
 
 
 def test_budget_rejections_are_counted() -> None:

@@ -99,6 +99,14 @@ class GatewayMetrics:
             "tokenomy_route_decisions", "Calls by model asked and model served (routing and fallbacks).",
             ["model_asked", "model_served"], registry=r,
         )
+        self.saved_tokens = Counter(
+            "tokenomy_saved_tokens", "Prompt tokens a token technique kept from being billed, by technique.",
+            ["technique"], registry=r,
+        )
+        self.saved_usd = Counter(
+            "tokenomy_saved_usd", "USD a token technique saved (net of its own cost), by technique.",
+            ["technique"], registry=r,
+        )
         self.budget_rejections = Counter(
             "tokenomy_budget_rejections", "Calls refused by a budget or rate limit, by reason.",
             ["reason"], registry=r,
@@ -148,6 +156,11 @@ class GatewayMetrics:
                 self.cost.labels(model, team, feature).inc(total)
         if trace.baseline_usd is not None:
             self.baseline.labels(model, team, feature).inc(trace.baseline_usd)
+        for technique, saving in trace.savings.items():
+            if saving.tokens > 0:
+                self.saved_tokens.labels(technique).inc(saving.tokens)
+            if saving.usd is not None and saving.usd > 0:  # a Counter only goes up
+                self.saved_usd.labels(technique).inc(saving.usd)
         status = call.cache_status
         if status not in CACHE_NOT_LOOKED_UP:
             self.cache_lookups.labels(status).inc()
