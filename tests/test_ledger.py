@@ -18,6 +18,7 @@ from tokenomy.config import ConfigError, LedgerSettings
 from tokenomy.store.ledger import NO_GROUP, SPEND_DIMENSIONS, LedgerRow, SpendGroup
 from tokenomy.store.ledger_factory import make_ledger
 from tokenomy.store.migrations import alembic_config
+import tokenomy.jobs.tables  # noqa: F401  (the job tables share the ledger's metadata)
 from tokenomy.store.sql_ledger import SQLLedger, async_url, metadata
 
 UTC = dt.timezone.utc
@@ -294,7 +295,7 @@ async def test_schema_is_at_head_and_matches_the_live_table(ledger: SQLLedger) -
 
     async with ledger.engine.connect() as conn:
         revision, diff = await conn.run_sync(inspect)
-    assert revision == head == "0003_dashboard"
+    assert revision == head == "0005_dashboard"
     assert diff == []
 
 

@@ -12,21 +12,25 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
 from tokenomy.api import anthropic as anthropic_api
+from tokenomy.api import batches as batches_api
 from tokenomy.api import health
 from tokenomy.api import metrics as metrics_api
 from tokenomy.api.dashboard import routes as dashboard_routes
+from tokenomy.api import jobs as jobs_api
 from tokenomy.api import openai as openai_api
 from tokenomy.api.router import GatewayASGI
 from tokenomy.config import ConfigError, Settings
+from tokenomy.jobs.service import JobService
 from tokenomy.models import ModelRegistry
 from tokenomy.observe.metrics import GatewayMetrics
 from tokenomy.observe.tracing import StageTracer, make_tracer
-from tokenomy.pipeline.execute import ExecuteStage
+from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.identify import IdentifyStage
 from tokenomy.pipeline.record import RecordStage, Recorder
 from tokenomy.pipeline.resolve import ResolveStage
@@ -35,6 +39,9 @@ from tokenomy.pricing.catalog import PriceCatalog
 from tokenomy.providers import available_providers
 from tokenomy.providers.base import Provider
 from tokenomy.providers.local import is_available as local_available
+from tokenomy.routing.fallback import LatencyBoard, ResilientExecuteStage
+from tokenomy.routing.health import DeploymentHealth, MemoryHealth, RedisHealth
+from tokenomy.routing.stage import RouteStage
 from tokenomy.store.ledger import Ledger, LedgerRow
 from tokenomy.store.ledger_factory import make_ledger
 from tokenomy.store.writer import LedgerWriter
@@ -59,28 +66,59 @@ class Gateway:
     recorders: list[Recorder] = field(default_factory=list)
     metrics: GatewayMetrics | None = None
     tracer: StageTracer | None = None
+    health: DeploymentHealth | None = None
+    #: async jobs, batches and their queue (``None``: not started with jobs)
+    jobs: JobService | None = None
+    #: job workers running inside this process (``jobs.gateway_workers``)
+    workers: list[Any] = field(default_factory=list)
+    _worker_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def start(self) -> None:
+    async def start(self, *, run_workers: bool = True) -> None:
         await asyncio.to_thread(warm_up)
         if self.ledger is not None and self.writer is not None:
             await self.ledger.start()
             self.writer.start()
         for provider in self.providers.values():
             await provider.start()
+        if self.jobs is not None:
+            await self.jobs.start()
+            if run_workers:
+                self.start_workers(self.settings.jobs.gateway_workers)
         self.ready = True
+
+    def start_workers(self, count: int) -> None:
+        """Run ``count`` job workers in this process's event loop."""
+        from tokenomy.jobs.worker import JobWorker
+
+        for _ in range(count):
+            worker = JobWorker(self)
+            self.workers.append(worker)
+            self._worker_tasks.append(asyncio.get_running_loop().create_task(worker.run(), name="job-worker"))
 
     async def stop(self) -> None:
         """Graceful stop: in-flight requests have finished (uvicorn waits); flush what is pending."""
         self.ready = False
+        for worker in self.workers:
+            await worker.stop(self.settings.server.graceful_timeout_s)
+        for task in self._worker_tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.workers.clear()
+        self._worker_tasks.clear()
         for provider in self.providers.values():
             try:
                 await provider.aclose()
             except Exception:
                 log.exception("closing provider %s failed", provider.name)
+        if self.health is not None:
+            await self.health.aclose()
         if self.writer is not None:
             await self.writer.aclose()
         if self.ledger is not None:
             await self.ledger.aclose()
+        if self.jobs is not None:
+            await self.jobs.aclose()
         if self.tracer is not None:
             self.tracer.shutdown()
 
@@ -107,7 +145,15 @@ def build_gateway(settings: Settings) -> Gateway:
             max_pending=settings.ledger.max_pending,
         )
         sink = writer.record
-        recorders.append(lambda call: sink(LedgerRow.from_call(call)))
+
+        def record_row(call: Call) -> None:
+            # A queued job's successful call is written by the job store, in the
+            # transaction that completes the job (tokenomy.jobs.worker).
+            if call.outcome == "ok" and call.annotations.get("ledger_row_by_job"):
+                return
+            sink(LedgerRow.from_call(call))
+
+        recorders.append(record_row)
     metrics: GatewayMetrics | None = None
     if settings.observe.metrics:
         metrics = GatewayMetrics()
@@ -117,20 +163,52 @@ def build_gateway(settings: Settings) -> Gateway:
             metrics.watch_queue("ledger", lambda: ledger_writer.pending)
     # Tracing is off by default; when off the pipeline's stages are not wrapped at all.
     tracer = make_tracer(settings.observe.tracing)
+    routing = settings.routing
+    health: DeploymentHealth
+    if routing.health.redis_url:
+        health = RedisHealth(
+            routing.health.redis_url,
+            routing.health.key_prefix,
+            routing.health.failures,
+            routing.health.cooldown_s,
+        )
+    else:
+        health = MemoryHealth(routing.health.failures, routing.health.cooldown_s)
+    latency = LatencyBoard()
+    route = RouteStage(
+        registry,
+        routing,
+        embedder=_embedder(settings),
+        latency=latency if routing.health.latency_aware else None,
+    )
     pipeline = Pipeline(
         [
             RecordStage(recorders),
             IdentifyStage(),
-            ResolveStage(registry),
+            ResolveStage(registry, route.names),
+            route,
+            # token policies after routing: caps and pruning fit the model actually chosen
             build_token_stage(settings.tokens, registry, providers),
-            ExecuteStage(providers),
+            ResilientExecuteStage(providers, registry, routing, health, latency=latency),
         ],
         tracer=tracer,
     )
     return Gateway(
-        settings, catalog, registry, providers, pipeline, ledger, writer,
-        recorders=recorders, metrics=metrics, tracer=tracer,
+        settings, catalog, registry, providers, pipeline, ledger, writer, recorders=recorders, health=health,
+        jobs=JobService(settings), metrics=metrics, tracer=tracer,
     )
+
+
+def _embedder(settings: Settings):  # -> MiniLMEmbedder | None
+    """The local embedder, when a learned router needs it and ``tokenomy[routing]`` is installed."""
+    if not any(r.strategy == "learned" for r in settings.routing.routers):
+        return None
+    from tokenomy.routing.embedder import MiniLMEmbedder
+
+    if not MiniLMEmbedder.available():
+        log.warning("learned routers need `pip install 'tokenomy[routing]'`; routing to their default tier")
+        return None
+    return MiniLMEmbedder()
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASGI:
@@ -149,6 +227,19 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASG
         Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
         Route("/v1/messages", anthropic_api.messages, methods=["POST"]),
+        Route("/v1/async/chat/completions", jobs_api.submit_chat, methods=["POST"]),
+        Route("/v1/async/embeddings", jobs_api.submit_embeddings, methods=["POST"]),
+        Route("/v1/async/jobs/{job_id}", jobs_api.get_job, methods=["GET"]),
+        Route("/v1/async/jobs/{job_id}/cancel", jobs_api.cancel_job, methods=["POST"]),
+        Route("/v1/files", batches_api.upload_file, methods=["POST"]),
+        Route("/v1/files", batches_api.list_files, methods=["GET"]),
+        Route("/v1/files/{file_id}", batches_api.get_file, methods=["GET"]),
+        Route("/v1/files/{file_id}", batches_api.delete_file, methods=["DELETE"]),
+        Route("/v1/files/{file_id}/content", batches_api.file_content, methods=["GET"]),
+        Route("/v1/batches", batches_api.create_batch, methods=["POST"]),
+        Route("/v1/batches", batches_api.list_batches, methods=["GET"]),
+        Route("/v1/batches/{batch_id}", batches_api.get_batch, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", batches_api.cancel_batch, methods=["POST"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
     ]

@@ -1,4 +1,4 @@
-"""The ``tokenomy`` command: ``serve``, ``init``, ``prices``, ``spend``, ``caps``, ``report``."""
+"""The ``tokenomy`` command: ``serve``, ``worker``, ``init``, ``prices``, ``spend``, ``caps``, ``report``."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def prices(
 
 @app.command()
 def spend(
-    by: str = typer.Option("model", "--by", help="team, feature, customer, model, endpoint, tag, provider, key, prompt."),
+    by: str = typer.Option("model", "--by", help="team, feature, customer, model, endpoint, tag, provider, traffic_class, key, prompt."),
     since: Optional[str] = typer.Option(None, "--since", help="7d, 24h, 30m or a date (2026-01-01)."),
     fmt: str = typer.Option("table", "--format", help="table, json or csv."),
     config: Optional[Path] = ConfigOption,
@@ -183,6 +183,25 @@ def report(
 
 
 @app.command()
+def worker(
+    config: Optional[Path] = ConfigOption,
+    workers: int = typer.Option(1, "--workers", "-n", help="Workers in this process (each runs jobs.concurrency jobs at once)."),
+) -> None:
+    """Run job workers: async jobs and batches from the queue, through the same pipeline."""
+    settings = settings_or_exit(config)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tokenomy.jobs.run_worker import run_workers
+
+    queue = settings.jobs.queue_url or f"SQL queue in {settings.jobs.url or settings.ledger.url}"
+    typer.echo(f"tokenomy: {workers} worker(s) on {queue}", err=True)
+    try:
+        asyncio.run(run_workers(settings, workers))
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
 def caps(
     by: str = typer.Option("feature", "--by", help="feature, team, key, model, prompt…"),
     since: Optional[str] = typer.Option(None, "--since", help="7d, 24h, 30m or a date (2026-01-01)."),
@@ -198,6 +217,15 @@ def caps(
     except (ValueError, ConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _router_commands() -> None:
+    from tokenomy.routing.router_command import router_app
+
+    app.add_typer(router_app, name="router")
+
+
+_router_commands()
 
 
 def main() -> None:

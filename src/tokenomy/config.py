@@ -81,6 +81,12 @@ class SimulatedOptions(Section):
     timeout_rate: float = Field(0.0, ge=0, le=1)
     #: Cut streams after this many chunks (simulates a connection dropped mid-answer).
     cut_stream_after: int | None = None
+    #: Context window in tokens: longer prompts fail with ``context_length_exceeded`` (400).
+    context_window: int | None = None
+    #: Prompts containing any of these words (case-insensitive) fail with ``content_policy_violation`` (400).
+    blocked_words: list[str] = Field(default_factory=list)
+    #: Answer with this text instead of the generated words (e.g. a refusal or JSON, for cascade tests).
+    fixed_answer: str | None = None
     seed: int = 0
 
 
@@ -153,7 +159,77 @@ class ObserveSettings(Section):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
 
 
+class JobsSettings(Section):
+    """Async jobs and batches: the durable queue, the workers, webhooks, files."""
+
+    #: Where jobs, files and batches are recorded (SQLAlchemy URL); defaults to ``ledger.url``.
+    url: str | None = None
+    #: ``None``: the SQL queue in the jobs database (embedded). ``redis://host:port/db``: Redis Streams.
+    queue_url: str | None = None
+    #: Prefix of every Redis key the queue uses (several gateways can share one Redis).
+    redis_prefix: str = "tokenomy"
+    #: Where uploaded and generated files are kept (shared storage when workers run on several hosts).
+    files_dir: str = ".tokenomy/files"
+    #: Seconds a received job stays invisible to other workers; a worker that dies lets it reappear.
+    visibility_timeout_s: float = Field(60.0, gt=0)
+    #: Executions of a job at most (failures and lost workers) before it goes to the dead letters.
+    max_attempts: int = Field(5, ge=1)
+    #: First retry delay after a retryable failure, doubled each time up to ``retry_max_backoff_s``.
+    retry_backoff_s: float = Field(1.0, ge=0)
+    retry_max_backoff_s: float = Field(60.0, ge=0)
+    #: Jobs one worker runs at once.
+    concurrency: int = Field(16, ge=1)
+    #: Upstream tokens per minute one worker may spend (estimated before, settled after); unset: unpaced.
+    tokens_per_minute: int | None = Field(None, ge=1)
+    #: Workers the gateway process itself runs (``tokenomy serve``); ``tokenomy worker`` runs more.
+    gateway_workers: int = Field(1, ge=0)
+    #: How often an idle SQL-queue worker looks for work.
+    poll_interval_s: float = Field(0.2, gt=0)
+    #: Secret for the ``x-tokenomy-signature`` HMAC on webhooks (set it through the environment).
+    webhook_secret: str | None = None
+    #: Webhook deliveries at most (then recorded as failed; the result stays available).
+    webhook_max_attempts: int = Field(5, ge=1)
+    #: First delay between webhook attempts, doubled each time.
+    webhook_backoff_s: float = Field(1.0, ge=0)
+    webhook_timeout_s: float = Field(10.0, gt=0)
+
+
+class BatchSettings(Section):
+    """The OpenAI-compatible Batch API."""
+
+    #: ``auto``: the provider's batch API when the model's provider has one, else local execution;
+    #: ``local``: always through the gateway's pipeline; ``passthrough``: always upstream (or fail).
+    mode: Literal["auto", "local", "passthrough"] = "auto"
+    #: Largest uploaded file, in bytes.
+    max_file_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    #: Requests per batch at most.
+    max_requests: int = Field(200_000, ge=1)
+    #: Lines of one batch executed at once when run locally.
+    local_concurrency: int = Field(32, ge=1)
+    #: Seconds between polls of a provider's batch.
+    upstream_poll_interval_s: float = Field(30.0, gt=0)
+
+
+class TrafficSettings(Section):
+    """Traffic classes: which requests are answered now, queued, or batched."""
+
+    #: ``x-tokenomy-priority`` value → traffic class (``realtime``, ``async`` or ``batch``).
+    priorities: dict[str, Literal["realtime", "async", "batch"]] = Field(
+        default_factory=lambda: {"high": "realtime", "medium": "async", "low": "batch"}
+    )
+    #: Priority of requests without the header, by ``x-tokenomy-feature`` (feature policy).
+    features: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_priorities(self) -> TrafficSettings:
+        for feature, priority in self.features.items():
+            if priority not in self.priorities:
+                raise ValueError(f"traffic.features.{feature}: unknown priority {priority!r}")
+        return self
+
+
 from tokenomy.tokens.settings import TokensSettings  # noqa: E402  (a section defined with its feature)
+from tokenomy.routing.settings import RoutingSettings  # noqa: E402  (a section defined with its feature)
 
 
 class Settings(BaseSettings):
@@ -165,8 +241,13 @@ class Settings(BaseSettings):
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
     observe: ObserveSettings = Field(default_factory=ObserveSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
+    batches: BatchSettings = Field(default_factory=BatchSettings)
+    traffic: TrafficSettings = Field(default_factory=TrafficSettings)
     #: Output caps, context pruning, prompt compression, provider prompt caching (``tokenomy.tokens``).
     tokens: TokensSettings = Field(default_factory=TokensSettings)
+    #: Tiers, routers (``model: auto``), fallbacks, retries and circuit breakers.
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     #: Extra or replacement models. The built-in simulated models stay unless ``builtin_models`` is false.
     models: list[ModelSettings] = Field(default_factory=list)
     builtin_models: bool = True

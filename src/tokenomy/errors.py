@@ -118,3 +118,15 @@ class ServiceUnavailable(GatewayError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class ContextWindowExceeded(UpstreamRejected):
+    """The prompt does not fit the model's context window (routing may go to a larger-context model)."""
+
+    code = "context_length_exceeded"
+
+
+class ContentPolicyViolation(UpstreamRejected):
+    """The provider's content filter refused the request (routing may go to a configured fallback)."""
+
+    code = "content_policy_violation"

@@ -8,6 +8,9 @@ behaviour, so one fake serves every test:
 - ``fail-429``: ``rate_limit_exceeded`` with ``retry-after: 2``
 - ``fail-400``: ``invalid_request_error`` (the client's fault)
 - ``fail-401``: ``invalid_api_key``
+- ``fail-context``: 400 ``context_length_exceeded``
+- ``fail-policy``: 400 ``content_policy_violation``
+- ``flaky-500``: every other request fails with 500 (so a retry succeeds)
 - ``hang``: never answers (the gateway's read timeout fires)
 - ``malformed``: 200 with a body that is not JSON
 - ``cut-stream``: streams three chunks then drops the connection
@@ -54,6 +57,7 @@ class FakeOpenAI(BackgroundServer):
         self.api_key = api_key
         self.record = record
         self.requests: list[dict[str, Any]] = []
+        self._flaky = 0
 
     @property
     def base_url(self) -> str:
@@ -208,6 +212,25 @@ class FakeOpenAI(BackgroundServer):
             return _error(400, "Invalid value for 'temperature'.", "invalid_request_error", "invalid_value")
         if model == "fail-401":
             return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        if model == "fail-context":
+            return _error(
+                400,
+                "This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens.",
+                "invalid_request_error",
+                "context_length_exceeded",
+            )
+        if model == "fail-policy":
+            return _error(
+                400,
+                "Your request was rejected as a result of our safety system.",
+                "invalid_request_error",
+                "content_policy_violation",
+            )
+        if model == "flaky-500":
+            # fails every other request: the first try fails, a retry succeeds
+            self._flaky += 1
+            if self._flaky % 2 == 1:
+                return _error(500, "The server had an error while processing your request.", "server_error", None)
         if model == "hang":
             await asyncio.sleep(3600)
         return None

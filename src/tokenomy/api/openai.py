@@ -26,9 +26,11 @@ from tokenomy.api.http import (
     sse_event,
     until_disconnect,
 )
+from tokenomy.api.jobs import queue_request
 from tokenomy.api.sse import SSEResponse
 from tokenomy.api.validate import validate_chat, validate_embeddings
 from tokenomy.errors import GatewayError
+from tokenomy.jobs.traffic import traffic_class_for
 from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.reply import Completion, Reply, StreamReply
 
@@ -52,6 +54,11 @@ async def list_models(request: Request) -> Response:
         for entry in gateway.registry
         for name in (entry.name, *entry.aliases)
     ]
+    # routers (``model: "auto"``) are asked for like models
+    data += [
+        {"id": router.name, "object": "model", "created": 0, "owned_by": "tokenomy-router"}
+        for router in gateway.settings.routing.routers
+    ]
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -71,6 +78,10 @@ async def handle(
         authenticate(request, gateway.settings.server.master_key)
         body = await read_json(request, gateway.settings.server.max_body_bytes)
         validate(body)
+        if "x-tokenomy-priority" in request.headers or gateway.settings.traffic.features:
+            traffic_class = traffic_class_for(request.headers, gateway.settings.traffic)
+            if traffic_class != "realtime":
+                return await queue_request(request, kind, body, traffic_class)
         call = new_call(request, kind, body)
         reply = await until_disconnect(request, gateway.pipeline.run(call))
         return render(call, reply)

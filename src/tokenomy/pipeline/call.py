@@ -42,10 +42,13 @@ class CostItem:
     provider: str
     usage: Usage
     usd: float | None
+    #: ``"ok"``, or why this attempt was not the answer (the error code, or the cascade check that failed)
+    outcome: str = "ok"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "outcome": self.outcome,
             "model": self.model,
             "provider": self.provider,
             "input_tokens": self.usage.input_tokens,
@@ -194,6 +197,8 @@ class Call:
     identity: Identity = field(default_factory=Identity)
     headers: dict[str, str] = field(default_factory=dict)
     traffic_class: str = "realtime"
+    #: executed through a provider's batch API: priced at its batch rates
+    batch_priced: bool = False
     stream: bool = False
     started_at: float = field(default_factory=time.time)
     started_perf: float = field(default_factory=time.perf_counter)
@@ -218,6 +223,8 @@ class Call:
     output_cap: int | None = None
     #: prompt template and version the client named (``x-tokenomy-prompt: name@version``)
     prompt: str | None = None
+    #: the routing decision and its reason (``x-tokenomy-route`` header, ledger ``route`` column)
+    route: str | None = None
 
     def finish(self) -> None:
         """Stamp the total duration; called once when the answer is complete."""
@@ -232,6 +239,8 @@ class Call:
         headers["x-tokenomy-baseline-cost-usd"] = format_usd(self.trace.baseline_usd)
         if self.model_served:
             headers["x-tokenomy-model"] = self.model_served
+        if self.route:
+            headers["x-tokenomy-route"] = self.route
         return headers
 
 

@@ -37,13 +37,19 @@ class ExecuteStage(Stage):
         self.providers = providers
 
     async def __call__(self, call: Call, next: Next) -> Reply:
+        return await self.attempt(call, call.targets[0])
+
+    async def attempt(self, call: Call, target: Target) -> Reply:
+        """Send the call to one deployment; charge what it used. Errors propagate (nothing charged).
+
+        With tracing on, each attempt (retries and fallbacks included) is one span.
+        """
         tracer = self.tracer
         if tracer is None:
-            return await self._attempt(call)
-        deployment = call.targets[0].deployment
-        span = tracer.start_attempt(call, deployment.name, deployment.provider)
+            return await self._send(call, target)
+        span = tracer.start_attempt(call, target.deployment.name, target.deployment.provider)
         try:
-            reply = await self._attempt(call)
+            reply = await self._send(call, target)
         except BaseException as exc:
             tracer.end_attempt(span, call, exc)
             raise
@@ -53,8 +59,7 @@ class ExecuteStage(Stage):
             tracer.end_attempt(span, call)
         return reply
 
-    async def _attempt(self, call: Call) -> Reply:
-        target = call.targets[0]
+    async def _send(self, call: Call, target: Target) -> Reply:
         deployment = target.deployment
         provider = self.providers[deployment.provider]
         body = call.body
@@ -110,11 +115,24 @@ class ExecuteStage(Stage):
 
 
 def charge(call: Call, target: Target, step: str, usage: Usage) -> None:
-    """Add a priced cost item; the first one also fixes the baseline if nothing else did."""
+    """Add a priced cost item; the first one also fixes the baseline if nothing else did.
+
+    A call executed through a provider's batch API (``call.batch_priced``) is
+    charged the batch rates, as step ``batch_<step>``; its baseline stays at the
+    real-time rate of the model asked, so the batch discount shows as a saving.
+    Async jobs and batches the gateway runs itself use real-time APIs upstream
+    and pay real-time rates: they are tagged by ``traffic_class``, not discounted.
+    """
     deployment = target.deployment
     trace = call.trace
+    if call.batch_priced:
+        # run by the provider's batch API: its batch rates, as its own step
+        step = "batch_" + step
+        usd = cost_usd(target.price, usage, batch=True)
+    else:
+        usd = cost_usd(target.price, usage)
     first = not any(item.step == step for item in trace.items)
-    trace.add(CostItem(step, deployment.name, deployment.provider, usage, cost_usd(target.price, usage)))
+    trace.add(CostItem(step, deployment.name, deployment.provider, usage, usd))
     if trace.baseline_usd is None and call.baseline_price is not None:
         # priced on the prompt as asked when a stage rewrote it (pruning, compression, caching)
         trace.baseline_usd = cost_usd(call.baseline_price, trace.baseline_usage(usage))

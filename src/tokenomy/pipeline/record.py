@@ -61,6 +61,12 @@ class RecordStage(Stage):
 
     def record(self, call: Call) -> None:
         call.finish()
+        if call.outcome != "ok":
+            # A failed attempt of a queued job is recorded under its own id, so the
+            # job id stays free for the attempt that succeeds (charged once).
+            failed_id = call.annotations.get("failed_attempt_id")
+            if failed_id:
+                call.request_id = failed_id
         for recorder in self.recorders:
             try:
                 recorder(call)

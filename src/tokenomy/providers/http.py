@@ -17,6 +17,8 @@ import aiohttp
 import orjson
 
 from tokenomy.errors import (
+    ContentPolicyViolation,
+    ContextWindowExceeded,
     GatewayError,
     RateLimited,
     UpstreamError,
@@ -117,10 +119,27 @@ def upstream_status_error(
             extra["Retry-After"] = retry_after
         return RateLimited(text, code="upstream_rate_limited", headers=extra)
     if status in (400, 404, 413, 422):
+        code = _error_code(body)
+        lowered = message.lower()
+        if code == "context_length_exceeded" or "maximum context length" in lowered or "context window" in lowered:
+            return ContextWindowExceeded(text)
+        if code in ("content_policy_violation", "content_filter") or "content management policy" in lowered:
+            return ContentPolicyViolation(text)
         return UpstreamRejected(text)
     if status in (408, 504):
         return UpstreamTimeout(text)
     return UpstreamError(text)
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("code"), str):
+        return error["code"]
+    return None
 
 
 def _error_message(body: bytes) -> str | None:

@@ -18,7 +18,14 @@ from typing import Any
 
 from tokenomy.config import SimulatedOptions
 from tokenomy.pipeline.call import new_request_id
-from tokenomy.errors import InvalidRequest, RateLimited, UpstreamError, UpstreamTimeout
+from tokenomy.errors import (
+    ContentPolicyViolation,
+    ContextWindowExceeded,
+    InvalidRequest,
+    RateLimited,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from tokenomy.providers.base import ChatResult, ChatStream, Deployment, Provider
 from tokenomy.providers.usage import Usage
 from tokenomy.tokens.counting import count_messages, count_text
@@ -73,9 +80,27 @@ class SimulatedProvider(Provider):
         if roll < opts.error_rate:
             raise UpstreamError(f"upstream {deployment.name!r} answered 500: internal error (simulated)")
 
+    def _check_request(self, deployment: Deployment, body: dict[str, Any], opts: SimulatedOptions) -> None:
+        """The request-dependent refusals: prompt too long for the context window, blocked words."""
+        messages = body.get("messages") or []
+        if opts.context_window is not None:
+            tokens = count_messages(messages, deployment.upstream_model, tools=body.get("tools"))
+            if tokens > opts.context_window:
+                raise ContextWindowExceeded(
+                    f"upstream {deployment.name!r} answered 400: maximum context length is "
+                    f"{opts.context_window} tokens, the messages have {tokens} (simulated)"
+                )
+        if opts.blocked_words:
+            text = _last_user_text(messages).lower()
+            if any(word.lower() in text for word in opts.blocked_words):
+                raise ContentPolicyViolation(
+                    f"upstream {deployment.name!r} answered 400: rejected by the content policy (simulated)"
+                )
+
     async def chat(self, deployment: Deployment, body: dict[str, Any]) -> ChatResult:
         opts = self.options(deployment)
         await self._before_answer(deployment, opts)
+        self._check_request(deployment, body, opts)
         answer = _Answer.build(deployment, body, opts)
         message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
         if answer.tool_call is not None:
@@ -97,6 +122,7 @@ class SimulatedProvider(Provider):
     async def chat_stream(self, deployment: Deployment, body: dict[str, Any]) -> ChatStream:
         opts = self.options(deployment)
         await self._before_answer(deployment, opts)
+        self._check_request(deployment, body, opts)
         answer = _Answer.build(deployment, body, opts)
         return ChatStream(self._chunks(deployment, answer, opts))
 
@@ -201,6 +227,8 @@ class _Answer:
         # "Re" then words picked by the prompt's hash: one token each, so ``count`` is exact.
         words = ["Re"] + [_WORDS[(seed >> (i % 48)) % len(_WORDS)] for i in range(1, count)]
         answer.words = words[:count]
+        if opts.fixed_answer is not None:
+            answer.words = [opts.fixed_answer]
         answer.text = "".join(answer.words)
         if answer.tool_call is not None:
             answer.finish_reason = "tool_calls"

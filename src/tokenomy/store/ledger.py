@@ -57,6 +57,8 @@ class LedgerRow:
     prompt: str | None = None
     #: what each token technique saved: ``{technique: {"tokens": int, "usd": float | None}}``
     savings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the routing decision and its reason (``None``: the model asked was served as asked)
+    route: str | None = None
 
     @property
     def savings_usd(self) -> float | None:
@@ -106,6 +108,7 @@ class LedgerRow:
             output_cap=call.output_cap,
             prompt=call.prompt,
             savings={name: saving.as_dict() for name, saving in call.trace.savings.items()},
+            route=call.route,
         )
 
 

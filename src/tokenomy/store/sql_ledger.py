@@ -115,6 +115,8 @@ LEDGER = sa.Table(
     sa.Column("output_cap", sa.Integer(), nullable=True),
     sa.Column("prompt", sa.String(), nullable=True),
     sa.Column("savings", _tags_json(), nullable=False, server_default=sa.text("'{}'")),
+    # the routing decision and its reason (revision 0003_route)
+    sa.Column("route", sa.String(), nullable=True),
     sa.UniqueConstraint("request_id", name="uq_ledger_request_id"),
     sa.Index("ix_ledger_created_at", "created_at"),
     sa.Index("ix_ledger_prompt_created_at", "prompt", "created_at"),
@@ -132,6 +134,29 @@ LEDGER_DIM_ROLLUP, LEDGER_DAILY = define_tables(metadata, UTCDateTime())
 _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
 _row_values: Callable[[LedgerRow], tuple[Any, ...]] = operator.attrgetter(*_FIELDS)  # type: ignore[assignment]
 _ROW_COLUMNS = [LEDGER.c[name] for name in _FIELDS]
+
+
+_INSERTS: dict[str, tuple[sa.Insert, RollupWriter]] = {}
+
+
+async def insert_rows(conn: Any, dialect: str, rows: Sequence[LedgerRow]) -> None:
+    """Insert ledger rows in the caller's transaction, idempotently on ``request_id``,
+    and add the rows really inserted to the dashboard's rollups (a duplicate is not
+    counted twice). Everything that writes ledger rows goes through here."""
+    if not rows:
+        return
+    prepared = _INSERTS.get(dialect)
+    if prepared is None:
+        # A batch retried after a timeout that actually committed, or a duplicate
+        # id, must not fail the rows around it: ON CONFLICT DO NOTHING.
+        insert = (postgresql if dialect == "postgresql" else sqlite).insert(LEDGER)
+        statement = insert.on_conflict_do_nothing(index_elements=["request_id"]).returning(LEDGER.c.request_id)
+        prepared = _INSERTS[dialect] = (statement, RollupWriter(dialect, LEDGER_DIM_ROLLUP, LEDGER_DAILY))
+    statement, rollups = prepared
+    result = await conn.execute(statement, [dict(zip(_FIELDS, _row_values(row))) for row in rows])
+    inserted = set(result.scalars())
+    fresh = rows if len(inserted) == len(rows) else [row for row in rows if row.request_id in inserted]
+    await rollups.add(conn, fresh)
 
 
 def async_url(url: str) -> sa.URL:
@@ -201,15 +226,6 @@ class SQLLedger(Ledger):
             raise ConfigError("ledger: a schema is only supported on PostgreSQL")
         self._engine_kwargs = kwargs
         self._engine: AsyncEngine | None = None
-        self._insert = self._insert_statement().returning(LEDGER.c.request_id)
-        self._rollups = RollupWriter(self.dialect, LEDGER_DIM_ROLLUP, LEDGER_DAILY)
-
-    def _insert_statement(self) -> sa.Insert:
-        # Idempotent on request_id: a batch retried after a timeout that actually
-        # committed, or a duplicate id, must not fail the rows around it.
-        if self.dialect == "postgresql":
-            return postgresql.insert(LEDGER).on_conflict_do_nothing(index_elements=["request_id"])
-        return sqlite.insert(LEDGER).on_conflict_do_nothing(index_elements=["request_id"])
 
     @property
     def engine(self) -> AsyncEngine:
@@ -251,13 +267,8 @@ class SQLLedger(Ledger):
     async def write_many(self, rows: Sequence[LedgerRow]) -> None:
         if not rows:
             return
-        params = [dict(zip(_FIELDS, _row_values(row))) for row in rows]
         async with self.engine.begin() as conn:
-            result = await conn.execute(self._insert, params)
-            inserted = set(result.scalars())
-            # Only rows really inserted feed the rollups: a duplicate is not counted twice.
-            fresh = rows if len(inserted) == len(rows) else [row for row in rows if row.request_id in inserted]
-            await self._rollups.add(conn, fresh)
+            await insert_rows(conn, self.dialect, rows)
 
     async def rebuild_rollups(self) -> None:
         """Recompute the dashboard's rollup tables from the ledger (after a bulk load)."""

@@ -1,7 +1,7 @@
 """Dashboard rollups: per-dimension and daily pre-aggregated spend, and a cost index.
 
-Revision ID: 0003_dashboard
-Revises: 0002_tokens
+Revision ID: 0005_dashboard
+Revises: 0004_jobs
 Create Date: 2026-11-25
 
 ``ledger_dim_rollup`` sums the ledger per time bucket and value of each
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_dashboard"
-down_revision: str | None = "0002_tokens"
+revision: str = "0005_dashboard"
+down_revision: str | None = "0004_jobs"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

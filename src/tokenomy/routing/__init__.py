@@ -1,0 +1,1 @@
+"""Routing: rule and learned routers, cascades, fallbacks, retries and circuit breakers."""
