@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from tokenomy.api import anthropic as anthropic_api
 from tokenomy.api import batches as batches_api
 from tokenomy.api import cache as cache_api
 from tokenomy.api import health
+from tokenomy.api import metrics as metrics_api
+from tokenomy.api.dashboard import routes as dashboard_routes
 from tokenomy.api import jobs as jobs_api
 from tokenomy.api import openai as openai_api
 from tokenomy.api.router import GatewayASGI
@@ -29,6 +31,8 @@ from tokenomy.embedding import SharedEmbedder, minilm_available
 from tokenomy.config import ConfigError, Settings
 from tokenomy.jobs.service import JobService
 from tokenomy.models import ModelRegistry
+from tokenomy.observe.metrics import GatewayMetrics
+from tokenomy.observe.tracing import StageTracer, make_tracer
 from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.identify import IdentifyStage
 from tokenomy.pipeline.record import RecordStage, Recorder
@@ -63,6 +67,8 @@ class Gateway:
     writer: LedgerWriter | None
     ready: bool = False
     recorders: list[Recorder] = field(default_factory=list)
+    metrics: GatewayMetrics | None = None
+    tracer: StageTracer | None = None
     health: DeploymentHealth | None = None
     #: async jobs, batches and their queue (``None``: not started with jobs)
     jobs: JobService | None = None
@@ -124,6 +130,8 @@ class Gateway:
             await self.ledger.aclose()
         if self.jobs is not None:
             await self.jobs.aclose()
+        if self.tracer is not None:
+            self.tracer.shutdown()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -159,6 +167,15 @@ def build_gateway(settings: Settings) -> Gateway:
         recorders.append(record_row)
     embedder = _shared_embedder(settings)
     cache = build_cache(settings.cache, embedder=embedder)
+    metrics: GatewayMetrics | None = None
+    if settings.observe.metrics:
+        metrics = GatewayMetrics()
+        recorders.append(metrics.record)
+        if writer is not None:
+            ledger_writer = writer
+            metrics.watch_queue("ledger", lambda: ledger_writer.pending)
+    # Tracing is off by default; when off the pipeline's stages are not wrapped at all.
+    tracer = make_tracer(settings.observe.tracing)
     routing = settings.routing
     health: DeploymentHealth
     if routing.health.redis_url:
@@ -188,7 +205,8 @@ def build_gateway(settings: Settings) -> Gateway:
             # token policies after routing: caps and pruning fit the model actually chosen
             build_token_stage(settings.tokens, registry, providers),
             ResilientExecuteStage(providers, registry, routing, health, latency=latency),
-        ]
+        ],
+        tracer=tracer,
     )
     return Gateway(
         settings,
@@ -202,6 +220,8 @@ def build_gateway(settings: Settings) -> Gateway:
         health=health,
         jobs=JobService(settings),
         cache=cache,
+        metrics=metrics,
+        tracer=tracer,
     )
 
 
@@ -262,13 +282,19 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASG
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
     ]
+    # The completion routes bypass Starlette (api/router.py); the rest go through it.
+    hot = {route.path: route.endpoint for route in routes if route.methods and "POST" in route.methods}
+    observe_routes: list[BaseRoute] = []
+    if settings.observe.metrics:
+        observe_routes.append(Route("/metrics", metrics_api.metrics, methods=["GET"]))
+    if settings.observe.dashboard:
+        observe_routes.extend(dashboard_routes())
     app = Starlette(
-        routes=routes,
+        routes=[*routes, *observe_routes],
         lifespan=lifespan,
         exception_handlers=health.EXCEPTION_HANDLERS,
     )
     app.state.gateway = gateway
-    hot = {route.path: route.endpoint for route in routes if route.methods and "POST" in route.methods}
     return GatewayASGI(app, hot)
 
 
