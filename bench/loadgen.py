@@ -79,10 +79,27 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     raise RuntimeError("response without length")
 
 
+class RequestMaker:
+    """Pre-encoded requests; a ``{n}`` in the body becomes a per-request counter, so
+    every request is distinct (no cache hit, no coalescing) at almost no cost."""
+
+    def __init__(self, host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.fixed = None if b"{n}" in body else build_request(host, port, path, body, headers)
+        self.parts = (host, port, path, body, headers)
+        self.counter = 0
+
+    def next(self) -> bytes:
+        if self.fixed is not None:
+            return self.fixed
+        self.counter += 1
+        host, port, path, body, headers = self.parts
+        return build_request(host, port, path, body.replace(b"{n}", str(self.counter).encode()), headers)
+
+
 async def run_load(
     host: str,
     port: int,
-    request: bytes,
+    request: RequestMaker,
     *,
     concurrency: int,
     duration_s: float,
@@ -101,7 +118,7 @@ async def run_load(
                 now = time.perf_counter()
                 if stop_at and now >= stop_at:
                     return
-                writer.write(request)
+                writer.write(request.next())
                 status = await _read_response(reader)
                 elapsed = (time.perf_counter() - now) * 1000.0
                 if counting:
@@ -127,7 +144,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", default="/v1/chat/completions")
-    parser.add_argument("--body", required=True, help="JSON request body")
+    parser.add_argument("--body", required=True, help="JSON request body; {n} becomes a per-request counter")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--header", action="append", default=[], help="extra header 'Name: value'")
@@ -139,7 +156,7 @@ def main() -> None:
     except ImportError:
         pass
     headers = dict(h.split(": ", 1) for h in args.header)
-    request = build_request(args.host, args.port, args.path, args.body.encode(), headers)
+    request = RequestMaker(args.host, args.port, args.path, args.body.encode(), headers)
     result = asyncio.run(
         run_load(args.host, args.port, request, concurrency=args.concurrency, duration_s=args.duration)
     )

@@ -30,7 +30,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPT = "Summarize the benefits of caching in three short sentences please."
+#: {n} makes every request distinct, so the full pipeline runs (cache lookup misses,
+#: nothing is coalesced) as it would for real traffic
+PROMPT = "Summarize the benefits of caching in three short sentences please (request {n})."
 
 
 def free_port() -> int:

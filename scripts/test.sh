@@ -18,6 +18,13 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   fi
 fi
 
+# The dashboard's browser test drives Debian's Chromium through chromedriver.
+if ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+  if command -v apt-get >/dev/null; then
+    apt-get update -q && apt-get install -y -q chromium chromium-driver
+  fi
+fi
+
 python3 -m venv .venv
 # llama-cpp-python compiles from source here; its native (-march=native) build
 # crashes on this CPU, so build it portable. pip caches the built wheel.

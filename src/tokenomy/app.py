@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from tokenomy.api import admin as admin_api
 from tokenomy.api import anthropic as anthropic_api
 from tokenomy.api import batches as batches_api
 from tokenomy.api import cache as cache_api
 from tokenomy.api import health
+from tokenomy.api import metrics as metrics_api
+from tokenomy.api.dashboard import routes as dashboard_routes
 from tokenomy.api import jobs as jobs_api
 from tokenomy.api import openai as openai_api
 from tokenomy.api.router import GatewayASGI
@@ -33,6 +35,8 @@ from tokenomy.embedding import SharedEmbedder, minilm_available
 from tokenomy.config import ConfigError, Settings
 from tokenomy.jobs.service import JobService
 from tokenomy.models import ModelRegistry
+from tokenomy.observe.metrics import GatewayMetrics
+from tokenomy.observe.tracing import StageTracer, make_tracer
 from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.identify import IdentifyStage
 from tokenomy.pipeline.record import RecordStage, Recorder
@@ -68,6 +72,8 @@ class Gateway:
     ready: bool = False
     recorders: list[Recorder] = field(default_factory=list)
     enforcement: Enforcement | None = None
+    metrics: GatewayMetrics | None = None
+    tracer: StageTracer | None = None
     health: DeploymentHealth | None = None
     #: async jobs, batches and their queue (``None``: not started with jobs)
     jobs: JobService | None = None
@@ -133,6 +139,8 @@ class Gateway:
             await self.ledger.aclose()
         if self.jobs is not None:
             await self.jobs.aclose()
+        if self.tracer is not None:
+            self.tracer.shutdown()
 
 
 def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time) -> Gateway:
@@ -168,6 +176,15 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
         recorders.append(record_row)
     embedder = _shared_embedder(settings)
     cache = build_cache(settings.cache, embedder=embedder)
+    metrics: GatewayMetrics | None = None
+    if settings.observe.metrics:
+        metrics = GatewayMetrics()
+        recorders.append(metrics.record)
+        if writer is not None:
+            ledger_writer = writer
+            metrics.watch_queue("ledger", lambda: ledger_writer.pending)
+    # Tracing is off by default; when off the pipeline's stages are not wrapped at all.
+    tracer = make_tracer(settings.observe.tracing)
     routing = settings.routing
     health: DeploymentHealth
     if routing.health.redis_url:
@@ -202,7 +219,7 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
         # stage set; every endpoint that costs money passes here (no side door)
         stages.append(BudgetStage(enforcement.enforcer))
     stages.append(ResilientExecuteStage(providers, registry, routing, health, latency=latency))
-    pipeline = Pipeline(stages)
+    pipeline = Pipeline(stages, tracer=tracer)
     return Gateway(
         settings,
         catalog,
@@ -216,6 +233,8 @@ def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time)
         enforcement=enforcement,
         jobs=JobService(settings),
         cache=cache,
+        metrics=metrics,
+        tracer=tracer,
     )
 
 
@@ -277,13 +296,19 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASG
         Route("/readyz", health.readyz, methods=["GET"]),
         *admin_api.ROUTES,
     ]
+    # The completion routes bypass Starlette (api/router.py); the rest go through it.
+    hot = {route.path: route.endpoint for route in routes if route.methods and "POST" in route.methods}
+    observe_routes: list[BaseRoute] = []
+    if settings.observe.metrics:
+        observe_routes.append(Route("/metrics", metrics_api.metrics, methods=["GET"]))
+    if settings.observe.dashboard:
+        observe_routes.extend(dashboard_routes())
     app = Starlette(
-        routes=routes,
+        routes=[*routes, *observe_routes],
         lifespan=lifespan,
         exception_handlers=health.EXCEPTION_HANDLERS,
     )
     app.state.gateway = gateway
-    hot = {route.path: route.endpoint for route in routes if route.methods and "POST" in route.methods}
     return GatewayASGI(app, hot)
 
 

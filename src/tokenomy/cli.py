@@ -1,4 +1,4 @@
-"""The ``tokenomy`` command: ``serve``, ``worker``, ``init``, ``prices``, ``spend``, ``caps``, ``keys``, ``budgets``, ``router``."""
+"""The ``tokenomy`` command: ``serve``, ``worker``, ``init``, ``prices``, ``spend``, ``caps``, ``report``, ``keys``, ``budgets``, ``router``."""
 
 from __future__ import annotations
 
@@ -172,6 +172,28 @@ def spend(
     except (ValueError, ConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def report(
+    since: Optional[str] = typer.Option("30d", "--since", help="7d, 24h, 30m, a date (2026-01-01) or 'all'."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report (inline SVG charts) here."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Where the money went: totals, savings per technique, breakdowns, top requests."""
+    from tokenomy.observe.report import report_command
+
+    settings = settings_or_exit(config)
+    try:
+        text = asyncio.run(report_command(settings.ledger, None if since == "all" else since, html is not None))
+    except (ValueError, ConfigError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if html is None:
+        typer.echo(text, nl=False)
+        return
+    html.write_text(text)
+    typer.echo(f"wrote {html}", err=True)
 
 
 @app.command()

@@ -273,6 +273,29 @@ class RunawaySettings(Section):
 
 
 
+class TracingSettings(Section):
+    """OpenTelemetry traces: one span per pipeline stage and upstream attempt (off by default)."""
+
+    enabled: bool = False
+    #: ``console`` (spans printed to stderr), ``otlp`` (needs ``opentelemetry-exporter-otlp``) or ``none``.
+    exporter: Literal["console", "otlp", "none"] = "console"
+    #: OTLP/HTTP endpoint, e.g. ``http://127.0.0.1:4318/v1/traces`` (default: the exporter's own).
+    otlp_endpoint: str | None = None
+    service_name: str = "tokenomy"
+
+
+class ObserveSettings(Section):
+    """What the gateway shows about itself: ``/metrics``, ``/dashboard``, traces."""
+
+    #: Serve Prometheus metrics at ``/metrics``.
+    metrics: bool = True
+    #: Require the master key on ``/metrics`` too (when one is set).
+    metrics_auth: bool = True
+    #: Serve the web dashboard at ``/dashboard`` (always behind the master key when one is set).
+    dashboard: bool = True
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+
+
 class JobsSettings(Section):
     """Async jobs and batches: the durable queue, the workers, webhooks, files."""
 
@@ -460,6 +483,7 @@ class Settings(BaseSettings):
     keys: KeySettings = Field(default_factory=KeySettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     runaway: RunawaySettings = Field(default_factory=RunawaySettings)
+    observe: ObserveSettings = Field(default_factory=ObserveSettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
     batches: BatchSettings = Field(default_factory=BatchSettings)
     traffic: TrafficSettings = Field(default_factory=TrafficSettings)

@@ -23,7 +23,7 @@ from tokenomy.jobs.group_commit import GroupCommit
 from tokenomy.jobs.tables import BATCHES, FILES, JOBS
 from tokenomy.store.ledger import LedgerRow
 from tokenomy.store.migrations import upgrade_head
-from tokenomy.store.sql_ledger import _FIELDS, LEDGER, _row_values, _sqlite_pragmas, async_url
+from tokenomy.store.sql_ledger import _sqlite_pragmas, async_url, insert_rows
 
 _INSERT_JOB = sa.insert(JOBS)
 
@@ -187,16 +187,11 @@ class JobStore:
                 sa.update(JOBS).where(JOBS.c.id == job_id, JOBS.c.status.not_in(TERMINAL)).values(**values)
             )
             if ledger_row is not None and outcome.rowcount:
-                await conn.execute(self._ledger_insert(), [dict(zip(_FIELDS, _row_values(ledger_row)))])
+                # through the ledger's own insert, so the dashboard's rollups count it too
+                await insert_rows(conn, self.dialect, [ledger_row])
             return bool(outcome.rowcount)
 
         return bool(await self._write(op))
-
-    def _ledger_insert(self) -> sa.Insert:
-        from sqlalchemy.dialects import postgresql, sqlite
-
-        dialect = postgresql if self.dialect == "postgresql" else sqlite
-        return dialect.insert(LEDGER).on_conflict_do_nothing(index_elements=["request_id"])
 
     async def requeue_job(self, job_id: str, error: dict[str, Any]) -> None:
         """A failed attempt that will be retried: back to ``queued``, last error kept."""

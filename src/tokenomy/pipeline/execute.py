@@ -9,7 +9,7 @@ streamed output (about four characters a token).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenomy.models import Target
 from tokenomy.pipeline.call import Call, CostItem
@@ -22,11 +22,16 @@ from tokenomy.providers.usage import Usage
 from tokenomy.tokens.counting import count_messages, count_text
 from tokenomy.tokens.savings import settle as settle_savings
 
+if TYPE_CHECKING:
+    from tokenomy.observe.tracing import StageTracer
+
 CHARS_PER_TOKEN = 4
 
 
 class ExecuteStage(Stage):
     name = "execute"
+    #: set by the pipeline when tracing is on: each upstream attempt becomes a span
+    tracer: StageTracer | None = None
 
     def __init__(self, providers: dict[str, Provider]) -> None:
         self.providers = providers
@@ -35,7 +40,26 @@ class ExecuteStage(Stage):
         return await self.attempt(call, call.targets[0])
 
     async def attempt(self, call: Call, target: Target) -> Reply:
-        """Send the call to one deployment; charge what it used. Errors propagate (nothing charged)."""
+        """Send the call to one deployment; charge what it used. Errors propagate (nothing charged).
+
+        With tracing on, each attempt (retries and fallbacks included) is one span.
+        """
+        tracer = self.tracer
+        if tracer is None:
+            return await self._send(call, target)
+        span = tracer.start_attempt(call, target.deployment.name, target.deployment.provider)
+        try:
+            reply = await self._send(call, target)
+        except BaseException as exc:
+            tracer.end_attempt(span, call, exc)
+            raise
+        if isinstance(reply, StreamReply):
+            reply.on_finish(lambda _reply, exc: tracer.end_attempt(span, call, exc))
+        else:
+            tracer.end_attempt(span, call)
+        return reply
+
+    async def _send(self, call: Call, target: Target) -> Reply:
         deployment = target.deployment
         provider = self.providers[deployment.provider]
         body = call.body

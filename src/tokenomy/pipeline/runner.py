@@ -25,9 +25,13 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.reply import Reply
+
+if TYPE_CHECKING:
+    from tokenomy.observe.tracing import StageTracer
 
 Next = Callable[[Call], Awaitable[Reply]]
 
@@ -46,10 +50,16 @@ class Stage(abc.ABC):
 class Pipeline:
     """Runs a call through its stages, outermost first."""
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage], *, tracer: StageTracer | None = None) -> None:
         if not stages:
             raise ValueError("a pipeline needs at least one stage (the executor)")
         self.stages = list(stages)
+        #: when set (tracing on), each stage also runs in an OpenTelemetry span; when
+        #: ``None`` the chain is built without any wrapper, so tracing off costs nothing
+        self.tracer = tracer
+        for stage in self.stages:
+            if tracer is not None and hasattr(stage, "tracer"):
+                stage.tracer = tracer  # stages that trace their own work (upstream attempts)
         self._entry = self._chain(0)
 
     def _chain(self, index: int) -> Next:
@@ -69,7 +79,7 @@ class Pipeline:
                 finally:
                     _add(call, name, (time.perf_counter() - start) * 1000.0)
 
-            return run_last
+            return self._traced(name, run_last)
 
         async def run(call: Call) -> Reply:
             start = time.perf_counter()
@@ -88,7 +98,10 @@ class Pipeline:
             finally:
                 _add(call, name, (time.perf_counter() - start - inside) * 1000.0)
 
-        return run
+        return self._traced(name, run)
+
+    def _traced(self, name: str, run: Next) -> Next:
+        return run if self.tracer is None else self.tracer.wrap_stage(name, run)
 
     async def run(self, call: Call) -> Reply:
         return await self._entry(call)

@@ -17,6 +17,7 @@ their key order; nothing queries inside them.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -39,8 +40,10 @@ from tokenomy.store.ledger import (
     TechniqueSavings,
 )
 from tokenomy.store.migrations import upgrade_head
+from tokenomy.store.rollup import RollupWriter, define_tables, rebuild_statements
 
 _UTC = dt.timezone.utc
+logger = logging.getLogger(__name__)
 
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
@@ -121,11 +124,39 @@ LEDGER = sa.Table(
         sa.Index(f"ix_ledger_{dimension}_created_at", dimension, "created_at")
         for dimension in ("team", "feature", "customer", "model_served")
     ),
+    # the dashboard's "most expensive requests"
+    sa.Index("ix_ledger_cost_usd", "cost_usd"),
 )
+
+#: Pre-aggregated spend the dashboard reads (``tokenomy.store.rollup``).
+LEDGER_DIM_ROLLUP, LEDGER_DAILY = define_tables(metadata, UTCDateTime())
 
 _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
 _row_values: Callable[[LedgerRow], tuple[Any, ...]] = operator.attrgetter(*_FIELDS)  # type: ignore[assignment]
 _ROW_COLUMNS = [LEDGER.c[name] for name in _FIELDS]
+
+
+_INSERTS: dict[str, tuple[sa.Insert, RollupWriter]] = {}
+
+
+async def insert_rows(conn: Any, dialect: str, rows: Sequence[LedgerRow]) -> None:
+    """Insert ledger rows in the caller's transaction, idempotently on ``request_id``,
+    and add the rows really inserted to the dashboard's rollups (a duplicate is not
+    counted twice). Everything that writes ledger rows goes through here."""
+    if not rows:
+        return
+    prepared = _INSERTS.get(dialect)
+    if prepared is None:
+        # A batch retried after a timeout that actually committed, or a duplicate
+        # id, must not fail the rows around it: ON CONFLICT DO NOTHING.
+        insert = (postgresql if dialect == "postgresql" else sqlite).insert(LEDGER)
+        statement = insert.on_conflict_do_nothing(index_elements=["request_id"]).returning(LEDGER.c.request_id)
+        prepared = _INSERTS[dialect] = (statement, RollupWriter(dialect, LEDGER_DIM_ROLLUP, LEDGER_DAILY))
+    statement, rollups = prepared
+    result = await conn.execute(statement, [dict(zip(_FIELDS, _row_values(row))) for row in rows])
+    inserted = set(result.scalars())
+    fresh = rows if len(inserted) == len(rows) else [row for row in rows if row.request_id in inserted]
+    await rollups.add(conn, fresh)
 
 
 def async_url(url: str) -> sa.URL:
@@ -195,14 +226,6 @@ class SQLLedger(Ledger):
             raise ConfigError("ledger: a schema is only supported on PostgreSQL")
         self._engine_kwargs = kwargs
         self._engine: AsyncEngine | None = None
-        self._insert = self._insert_statement()
-
-    def _insert_statement(self) -> sa.Insert:
-        # Idempotent on request_id: a batch retried after a timeout that actually
-        # committed, or a duplicate id, must not fail the rows around it.
-        if self.dialect == "postgresql":
-            return postgresql.insert(LEDGER).on_conflict_do_nothing(index_elements=["request_id"])
-        return sqlite.insert(LEDGER).on_conflict_do_nothing(index_elements=["request_id"])
 
     @property
     def engine(self) -> AsyncEngine:
@@ -229,13 +252,29 @@ class SQLLedger(Ledger):
             await engine.dispose()
             raise
         self._engine = engine
+        await self._backfill_rollups()
+
+    async def _backfill_rollups(self) -> None:
+        # A ledger written before the rollups existed (or bulk-loaded around the
+        # writer) has rows but empty rollups: build them once, in SQL.
+        async with self.engine.connect() as conn:
+            has_rows = (await conn.execute(sa.select(LEDGER.c.id).limit(1))).first() is not None
+            rolled = (await conn.execute(sa.select(LEDGER_DIM_ROLLUP.c.value).limit(1))).first() is not None
+        if has_rows and not rolled:
+            logger.warning("ledger: building the dashboard's rollup tables from existing rows (once)")
+            await self.rebuild_rollups()
 
     async def write_many(self, rows: Sequence[LedgerRow]) -> None:
         if not rows:
             return
-        params = [dict(zip(_FIELDS, _row_values(row))) for row in rows]
         async with self.engine.begin() as conn:
-            await conn.execute(self._insert, params)
+            await insert_rows(conn, self.dialect, rows)
+
+    async def rebuild_rollups(self) -> None:
+        """Recompute the dashboard's rollup tables from the ledger (after a bulk load)."""
+        async with self.engine.begin() as conn:
+            for statement in rebuild_statements(self.dialect):
+                await conn.exec_driver_sql(statement)
 
     async def fetch(self, *, since: dt.datetime | None = None, limit: int | None = None) -> list[LedgerRow]:
         stmt = sa.select(*_ROW_COLUMNS).order_by(LEDGER.c.created_at.desc(), LEDGER.c.id.desc())

@@ -1,7 +1,7 @@
 """Orgs, teams, virtual API keys, budgets and rate limits.
 
-Revision ID: 0005_access
-Revises: 0004_jobs
+Revision ID: 0006_access
+Revises: 0005_dashboard
 Create Date: 2026-11-25
 
 Moments are epoch seconds (double precision): they are compared with the
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_access"
-down_revision: str | None = "0004_jobs"
+revision: str = "0006_access"
+down_revision: str | None = "0005_dashboard"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
