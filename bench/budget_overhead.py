@@ -84,6 +84,17 @@ async def measure(gateway: Gateway, calls: int) -> tuple[list[float], list[float
     return latencies, stage, wall
 
 
+async def forget(url: str, prefix: str) -> None:
+    """Delete the run's counters (its prefix is unique to the run)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
 async def redis_round_trip(url: str, calls: int = 2000) -> float:
     """p50 of one bare EVALSHA round trip (a script returning 1): the floor of any Redis-backed check."""
     import redis.asyncio as aioredis
@@ -128,6 +139,8 @@ async def main() -> None:
     floor = await redis_round_trip(args.redis) if "redis" in gateways else None
     for gateway in gateways.values():
         await gateway.stop()
+    if "redis" in gateways:
+        await forget(args.redis, gateways["redis"].settings.budgets.redis_prefix)
     base = statistics.median(results["off"][0]) if "off" in results else None
     base_wall = statistics.median(results["off"][2]) if "off" in results else None
     print(f"{'mode':8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'stage p50':>10} {'wall/call':>10} {'added p50':>10} {'added wall':>11}")
