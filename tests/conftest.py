@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.conftest_gateway"]
+pytest_plugins = ["tests.conftest_gateway", "tests.budget_fixtures"]
 
 from tokenomy.store.ledger import LedgerRow
 from tokenomy.store.sql_ledger import SQLLedger

@@ -102,4 +102,7 @@ def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings for a test: ledger in ``tmp_path`` unless overridden."""
     ledger = {"url": f"sqlite:///{tmp_path / 'ledger.db'}", "flush_interval_s": 0.05}
     ledger.update(overrides.pop("ledger", {}))
-    return load_settings(None, ledger=ledger, **overrides)
+    # budget counters and the key pepper live in tmp_path too, never in the working directory
+    budgets = {"state_path": str(tmp_path / "counters.db"), **overrides.pop("budgets", {})}
+    keys = {"pepper_file": str(tmp_path / "key_pepper"), **overrides.pop("keys", {})}
+    return load_settings(None, ledger=ledger, budgets=budgets, keys=keys, **overrides)

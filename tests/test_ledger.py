@@ -289,13 +289,20 @@ async def test_spend_summary_rejects_unknown_dimension(ledger: SQLLedger) -> Non
 async def test_schema_is_at_head_and_matches_the_live_table(ledger: SQLLedger) -> None:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
+    from tokenomy.store.access import metadata as access_metadata
+
+    # one database holds the ledger and the access tables (keys, budgets: issue #3)
+    live = sa.MetaData()
+    for table in (*metadata.tables.values(), *access_metadata.tables.values()):
+        table.to_metadata(live)
+
     def inspect(conn: sa.Connection) -> tuple[str | None, list[Any]]:
         context = MigrationContext.configure(conn)
-        return context.get_current_revision(), compare_metadata(context, metadata)
+        return context.get_current_revision(), compare_metadata(context, live)
 
     async with ledger.engine.connect() as conn:
         revision, diff = await conn.run_sync(inspect)
-    assert revision == head == "0005_dashboard"
+    assert revision == head == "0006_access"
     assert diff == []
 
 

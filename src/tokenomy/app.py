@@ -10,13 +10,15 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
+from tokenomy.api import admin as admin_api
 from tokenomy.api import anthropic as anthropic_api
 from tokenomy.api import batches as batches_api
 from tokenomy.api import cache as cache_api
@@ -26,6 +28,8 @@ from tokenomy.api.dashboard import routes as dashboard_routes
 from tokenomy.api import jobs as jobs_api
 from tokenomy.api import openai as openai_api
 from tokenomy.api.router import GatewayASGI
+from tokenomy.budgets.factory import Enforcement, build_enforcement
+from tokenomy.budgets.stage import BudgetStage
 from tokenomy.cache.layer import CacheLayer, build_cache
 from tokenomy.embedding import SharedEmbedder, minilm_available
 from tokenomy.config import ConfigError, Settings
@@ -37,7 +41,7 @@ from tokenomy.pipeline.call import Call
 from tokenomy.pipeline.identify import IdentifyStage
 from tokenomy.pipeline.record import RecordStage, Recorder
 from tokenomy.pipeline.resolve import ResolveStage
-from tokenomy.pipeline.runner import Pipeline
+from tokenomy.pipeline.runner import Pipeline, Stage
 from tokenomy.pricing.catalog import PriceCatalog
 from tokenomy.providers import available_providers
 from tokenomy.providers.base import Provider
@@ -67,6 +71,7 @@ class Gateway:
     writer: LedgerWriter | None
     ready: bool = False
     recorders: list[Recorder] = field(default_factory=list)
+    enforcement: Enforcement | None = None
     metrics: GatewayMetrics | None = None
     tracer: StageTracer | None = None
     health: DeploymentHealth | None = None
@@ -84,6 +89,8 @@ class Gateway:
         if self.ledger is not None and self.writer is not None:
             await self.ledger.start()
             self.writer.start()
+        if self.enforcement is not None:
+            await self.enforcement.start()  # after the ledger: counters are reconciled with it
         for provider in self.providers.values():
             await provider.start()
         if self.jobs is not None:
@@ -117,6 +124,8 @@ class Gateway:
                 await provider.aclose()
             except Exception:
                 log.exception("closing provider %s failed", provider.name)
+        if self.enforcement is not None:
+            await self.enforcement.stop()
         if self.health is not None:
             await self.health.aclose()
         if self.cache is not None:
@@ -134,7 +143,7 @@ class Gateway:
             self.tracer.shutdown()
 
 
-def build_gateway(settings: Settings) -> Gateway:
+def build_gateway(settings: Settings, *, clock: Callable[[], float] = time.time) -> Gateway:
     catalog = PriceCatalog.load_default()
     try:
         if settings.prices:
@@ -194,20 +203,23 @@ def build_gateway(settings: Settings) -> Gateway:
         embedder=_router_embedder(settings, embedder),
         latency=latency if routing.health.latency_aware else None,
     )
-    pipeline = Pipeline(
-        [
-            RecordStage(recorders),
-            IdentifyStage(),
-            ResolveStage(registry, route.names),
-            # caches answer for the request as asked, before routing picks a model
-            *cache.stages,
-            route,
-            # token policies after routing: caps and pruning fit the model actually chosen
-            build_token_stage(settings.tokens, registry, providers),
-            ResilientExecuteStage(providers, registry, routing, health, latency=latency),
-        ],
-        tracer=tracer,
-    )
+    enforcement = build_enforcement(settings, registry, clock, ledger=ledger)
+    stages: list[Stage] = [
+        RecordStage(recorders),
+        IdentifyStage(),
+        ResolveStage(registry, route.names),
+        # caches answer for the request as asked, before routing picks a model
+        *cache.stages,
+        route,
+        # token policies after routing: caps and pruning fit the model actually chosen
+        build_token_stage(settings.tokens, registry, providers),
+    ]
+    if settings.budgets.enabled:
+        # last before execute: it reserves for the targets routing chose, at the caps the token
+        # stage set; every endpoint that costs money passes here (no side door)
+        stages.append(BudgetStage(enforcement.enforcer))
+    stages.append(ResilientExecuteStage(providers, registry, routing, health, latency=latency))
+    pipeline = Pipeline(stages, tracer=tracer)
     return Gateway(
         settings,
         catalog,
@@ -218,6 +230,7 @@ def build_gateway(settings: Settings) -> Gateway:
         writer,
         recorders=recorders,
         health=health,
+        enforcement=enforcement,
         jobs=JobService(settings),
         cache=cache,
         metrics=metrics,
@@ -281,6 +294,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayASG
         Route("/v1/cache/stats", cache_api.stats, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        *admin_api.ROUTES,
     ]
     # The completion routes bypass Starlette (api/router.py); the rest go through it.
     hot = {route.path: route.endpoint for route in routes if route.methods and "POST" in route.methods}

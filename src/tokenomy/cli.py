@@ -1,4 +1,4 @@
-"""The ``tokenomy`` command: ``serve``, ``worker``, ``init``, ``prices``, ``spend``, ``caps``, ``report``."""
+"""The ``tokenomy`` command: ``serve``, ``worker``, ``init``, ``prices``, ``spend``, ``caps``, ``report``, ``keys``, ``budgets``, ``router``."""
 
 from __future__ import annotations
 
@@ -78,6 +78,20 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
+    if settings.server.workers > 1 and settings.budgets.enabled and settings.budgets.backend == "memory":
+        # each worker keeps its own counters: N workers could spend N times a budget
+        if settings.budgets.budgets or settings.budgets.rate_limits:
+            typer.echo(
+                "error: budgets.backend 'memory' counts in one process; with several workers "
+                "use budgets.backend: redis (or budgets.enabled: false)",
+                err=True,
+            )
+            raise typer.Exit(2)
+        typer.echo(
+            "warning: with several workers and budgets.backend 'memory', budgets and rate limits "
+            "created later (admin API, CLI) are counted per worker; use budgets.backend: redis",
+            err=True,
+        )
     import uvicorn
 
     # Worker processes rebuild settings from the environment: pass the file and overrides on.
@@ -275,6 +289,12 @@ def eval_cache(
             progress=advance,
         )
     typer.echo(json.dumps(result, indent=2) if fmt == "json" else render(result))
+
+
+from tokenomy.budgets.cli import budgets_app, keys_app  # noqa: E402  (sub-commands need ConfigOption above)
+
+app.add_typer(keys_app, name="keys")
+app.add_typer(budgets_app, name="budgets")
 
 
 def main() -> None:

@@ -136,6 +136,143 @@ class LocalModelSettings(Section):
     threads: int = Field(1, ge=1)
 
 
+class BudgetRuleSettings(Section):
+    """A budget declared in the config file (the admin API and CLI add more in the database)."""
+
+    #: Stable identifier: counters are named after it, so renaming it starts from zero.
+    id: str
+    #: global, org, team, key, feature, customer, model or provider.
+    scope: Literal["global", "org", "team", "key", "feature", "customer", "model", "provider"] = "global"
+    #: The scope's value (``growth``); ``*`` (default) gives each value its own budget.
+    value: str = "*"
+    amount_usd: float = Field(ge=0)
+    period: Literal["daily", "weekly", "monthly", "rolling", "lifetime"] = "monthly"
+    #: Length of a rolling window in seconds (``period: rolling`` only).
+    window_s: int | None = Field(None, gt=0)
+    #: Time zone that calendar periods are aligned in (default: ``budgets.timezone``).
+    timezone: str | None = None
+    mode: Literal["hard", "soft", "downgrade"] = "hard"
+    #: Model used instead when a ``downgrade`` budget would be exceeded.
+    downgrade_to: str | None = None
+    #: Fractions of the budget that fire an alert, once per period each.
+    alert_thresholds: list[float] = Field(default_factory=lambda: [0.5, 0.8, 1.0])
+
+    @model_validator(mode="after")
+    def _shape(self) -> BudgetRuleSettings:
+        if self.period == "rolling" and not self.window_s:
+            raise ValueError("a rolling budget needs window_s")
+        if self.mode == "downgrade" and not self.downgrade_to:
+            raise ValueError("a downgrade budget needs downgrade_to")
+        return self
+
+
+class RateLimitSettings(Section):
+    """Requests/min, tokens/min and concurrent requests for one scope value."""
+
+    id: str
+    scope: Literal["global", "org", "team", "key", "feature", "customer", "model", "provider"] = "global"
+    value: str = "*"
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+    concurrent: int | None = Field(None, ge=0)
+
+
+class BudgetSettings(Section):
+    """Request-time enforcement of budgets and rate limits (reserve before, settle after)."""
+
+    enabled: bool = True
+    #: ``memory``: one process, counters persisted to ``state_path``. ``redis``: shared by replicas.
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Prefix of every Redis key (one per deployment sharing a Redis).
+    redis_prefix: str = "tokenomy:"
+    #: Seconds a Redis call may take before the store counts as unreachable.
+    redis_timeout_s: float = Field(2.0, gt=0)
+    state_path: str = ".tokenomy/counters.db"
+    #: How often the memory backend writes settled spend to ``state_path``.
+    persist_interval_s: float = Field(1.0, gt=0)
+    #: Time zone of daily/weekly/monthly periods.
+    timezone: str = "UTC"
+    #: ``closed``: refuse calls (503) while the counter store is unreachable; ``open``: let them through.
+    fail_mode: Literal["closed", "open"] = "closed"
+    #: Output tokens reserved when a request sets no max_tokens, and the most any request reserves.
+    output_cap_tokens: int = Field(4096, ge=1)
+    #: Write the cap into the upstream request so an answer can never cost more than was reserved.
+    enforce_output_cap: bool = True
+    #: Reservations not settled after this long (their process died) are released.
+    reservation_ttl_s: float = Field(900.0, gt=0)
+    #: Calls to models without a known price: ``allow`` (reserve nothing) or ``deny`` when a budget applies.
+    unpriced: Literal["allow", "deny"] = "allow"
+    #: How often rules and keys are re-read from the database.
+    refresh_s: float = Field(5.0, gt=0)
+    #: How often counters are compared with the ledger (and at start-up); 0 turns it off.
+    reconcile_interval_s: float = Field(300.0, ge=0)
+    #: Add spend the ledger has and the counters lost (after a crash) back to the counters.
+    reconcile_fix: bool = True
+    budgets: list[BudgetRuleSettings] = Field(default_factory=list)
+    rate_limits: list[RateLimitSettings] = Field(default_factory=list)
+
+
+class KeySettings(Section):
+    """Virtual API keys (created with ``tokenomy keys create`` or ``POST /admin/keys``)."""
+
+    #: Database of keys, teams, orgs, budgets (default: the ledger's ``url``).
+    database_url: str | None = None
+    #: Environment variable holding the secret pepper keys are hashed with (HMAC-SHA256).
+    #: Unset: the master key is used, else a random pepper kept in ``pepper_file``.
+    pepper_env: str = "TOKENOMY_KEY_PEPPER"
+    pepper_file: str = ".tokenomy/key_pepper"
+    #: Seconds a looked-up key is trusted from memory (revocations take effect within it).
+    cache_ttl_s: float = Field(5.0, ge=0)
+    #: Refuse requests without a valid key even when no master key is set.
+    required: bool = False
+
+
+class WebhookSettings(Section):
+    url: str
+    #: ``json``: signed JSON (``x-tokenomy-signature``); ``slack``: a Slack-compatible ``{"text": …}``.
+    format: Literal["json", "slack"] = "json"
+    #: Environment variable holding the HMAC secret of ``json`` webhooks.
+    secret_env: str | None = None
+
+
+class AlertSettings(Section):
+    """Where budget alerts and runaway warnings go."""
+
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    #: Also write every alert to the log (warning level).
+    log: bool = True
+    #: Delivery attempts per webhook, with exponential backoff from ``backoff_s``.
+    attempts: int = Field(4, ge=1)
+    backoff_s: float = Field(0.5, gt=0)
+    timeout_s: float = Field(5.0, gt=0)
+
+
+class RunawaySettings(Section):
+    """Spend-rate anomaly detection: the last minute far above the trailing baseline."""
+
+    enabled: bool = True
+    #: Scopes watched, each value separately.
+    scopes: list[Literal["org", "team", "key", "feature", "customer", "model"]] = Field(
+        default_factory=lambda: ["key", "team", "customer"]
+    )
+    #: Recent window and the trailing baseline before it, in seconds.
+    window_s: int = Field(60, ge=10)
+    baseline_s: int = Field(1800, ge=60)
+    #: Fire when the recent rate exceeds ``factor`` × the baseline rate…
+    factor: float = Field(10.0, gt=1)
+    #: …where the baseline counts as at least this many USD per minute (so pennies, and
+    #: new scopes without history, alert only above ``factor`` × this).
+    min_usd_per_min: float = Field(0.05, ge=0)
+    #: Seconds between two evaluations of one scope value.
+    check_every_s: float = Field(10.0, gt=0)
+    #: Also refuse the scope's calls (429 ``runaway_throttled``) for ``throttle_s`` seconds.
+    throttle: bool = False
+    throttle_s: int = Field(300, ge=1)
+
+
+
+
 class TracingSettings(Section):
     """OpenTelemetry traces: one span per pipeline stage and upstream attempt (off by default)."""
 
@@ -342,6 +479,10 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     local: LocalModelSettings = Field(default_factory=LocalModelSettings)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    keys: KeySettings = Field(default_factory=KeySettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    runaway: RunawaySettings = Field(default_factory=RunawaySettings)
     observe: ObserveSettings = Field(default_factory=ObserveSettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
     batches: BatchSettings = Field(default_factory=BatchSettings)

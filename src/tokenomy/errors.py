@@ -120,6 +120,30 @@ class ServiceUnavailable(GatewayError):
     code = "service_unavailable"
 
 
+class BudgetExceeded(RateLimited):
+    """A budget would be exceeded by this call; the message names the scope, remaining and reset."""
+
+    code = "budget_exceeded"
+
+
+class RateLimitExceeded(RateLimited):
+    """One of the gateway's own rate limits (requests/min, tokens/min, concurrency)."""
+
+    code = "rate_limit_exceeded"
+
+
+class ModelNotAllowed(PermissionDenied):
+    """The key or its team may not use this model."""
+
+    code = "model_not_allowed"
+
+
+class BudgetStoreUnavailable(ServiceUnavailable):
+    """The counter store is unreachable and budgets fail closed."""
+
+    code = "budget_store_unavailable"
+
+
 class ContextWindowExceeded(UpstreamRejected):
     """The prompt does not fit the model's context window (routing may go to a larger-context model)."""
 

@@ -43,10 +43,10 @@ async def messages(request: Request) -> Response:
     gateway = gateway_of(request)
     call: Call | None = None
     try:
-        authenticate(request, gateway.settings.server.master_key)
+        identity = await authenticate(request, gateway)
         raw = await read_json(request, gateway.settings.server.max_body_bytes)
         body = anthropic_to_openai_request(raw)
-        call = new_call(request, "chat", body, api="anthropic")
+        call = new_call(request, "chat", body, api="anthropic", identity=identity)
         reply = await until_disconnect(request, gateway.pipeline.run(call))
         return render(call, reply, raw.get("model", ""))
     except GatewayError as err:

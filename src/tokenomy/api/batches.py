@@ -38,7 +38,7 @@ def _guarded(handler: Any) -> Any:
     async def endpoint(request: Request) -> Response:
         gateway = gateway_of(request)
         try:
-            authenticate(request, gateway.settings.server.master_key)
+            await authenticate(request, gateway)
             return await handler(request)
         except GatewayError as err:
             return error_response(err)

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenomy.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge
-from tokenomy.pipeline.call import Call
+from tokenomy.budgets.keys import looks_like_key
+from tokenomy.pipeline.call import Call, Identity
 
 if TYPE_CHECKING:
     from tokenomy.app import Gateway
@@ -88,23 +89,51 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     return data
 
 
-def authenticate(request: Request, master_key: str | None) -> None:
-    """Check the master key when one is configured (``Authorization: Bearer`` or ``x-api-key``)."""
-    if master_key is None:
-        return
+def bearer_token(request: Request) -> str:
+    """The API key sent as ``Authorization: Bearer <key>`` or ``x-api-key`` (empty if none)."""
     auth = request.headers.get("authorization", "")
-    token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+
+
+def is_master(token: str, master_key: str | None) -> bool:
+    return bool(master_key) and hmac.compare_digest(token.encode(), master_key.encode())  # type: ignore[union-attr]
+
+
+async def authenticate(request: Request, gateway: Gateway) -> Identity | None:
+    """Who is calling: a virtual key's ``Identity``, or ``None`` for the master key / an open gateway.
+
+    A virtual key (``tk-…``) is looked up by the key service (cached); the master
+    key is compared in constant time. With no master key and ``keys.required``
+    off, the gateway is open (local use) — but a ``tk-`` key that does not
+    check out is still refused, so a revoked key never falls back to anonymous.
+    """
+    settings = gateway.settings
+    master_key = settings.server.master_key
+    token = bearer_token(request)
+    if token and is_master(token, master_key):
+        return None
+    enforcement = gateway.enforcement
+    if token and enforcement is not None and looks_like_key(token):
+        identity = await enforcement.keys.authenticate(token)
+        if identity is None:
+            raise AuthenticationFailed("invalid, revoked or expired API key")
+        return identity
+    if master_key is None and not settings.keys.required:
+        return None
     if not token:
         raise AuthenticationFailed("missing API key: send it as 'Authorization: Bearer <key>'")
-    if not hmac.compare_digest(token.encode(), master_key.encode()):
-        raise AuthenticationFailed("incorrect API key provided")
+    raise AuthenticationFailed("incorrect API key provided")
 
 
-def new_call(request: Request, kind: str, body: dict[str, Any], *, api: str = "openai") -> Call:
-    """A Call for this request: its id (the client's ``x-request-id`` when sane) and headers."""
+def new_call(
+    request: Request, kind: str, body: dict[str, Any], *, api: str = "openai", identity: Identity | None = None
+) -> Call:
+    """A Call for this request: its id (the client's ``x-request-id`` when sane), headers, and who sent it."""
     raw = request.headers
     headers = {name: raw[name] for name in FORWARDED_HEADERS if name in raw}
     call = Call(kind=kind, body=body, model_asked=body["model"], api=api, headers=headers)
+    if identity is not None:
+        call.identity = identity
     incoming = raw.get("x-request-id")
     if incoming and _REQUEST_ID.match(incoming):
         call.request_id = incoming

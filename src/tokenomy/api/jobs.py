@@ -17,6 +17,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tokenomy.budgets.keys import bound_headers
+from tokenomy.pipeline.call import Identity
 from tokenomy.api.http import (
     FORWARDED_HEADERS,
     JSONResponse,
@@ -53,19 +55,25 @@ async def submit_embeddings(request: Request) -> Response:
 async def _submit(request: Request, kind: str, validate: Callable[[dict[str, Any]], None]) -> Response:
     gateway = gateway_of(request)
     try:
-        authenticate(request, gateway.settings.server.master_key)
+        identity = await authenticate(request, gateway)
         body = await read_json(request, gateway.settings.server.max_body_bytes)
         validate(body)
         traffic_class = traffic_class_for(request.headers, gateway.settings.traffic)
-        return await queue_request(request, kind, body, "batch" if traffic_class == "batch" else "async")
+        return await queue_request(request, kind, body, "batch" if traffic_class == "batch" else "async", identity)
     except GatewayError as err:
         return error_response(err)
     except Exception as exc:  # a bug: logged with its trace, reported as a clean 500
         return internal_error_response(exc)
 
 
-async def queue_request(request: Request, kind: str, body: dict[str, Any], traffic_class: str) -> Response:
-    """Turn a validated request into a queued job; 202 with the job object."""
+async def queue_request(
+    request: Request, kind: str, body: dict[str, Any], traffic_class: str, identity: Identity | None = None
+) -> Response:
+    """Turn a validated request into a queued job; 202 with the job object.
+
+    ``identity``: what the caller's virtual key binds; it travels with the job so the
+    worker's run is charged to the same key, team and budgets (no side door).
+    """
     service = jobs_of(request)
     if body.get("stream"):
         raise InvalidRequest("stream is not supported for async jobs: poll the job or use a webhook", param="stream")
@@ -79,6 +87,7 @@ async def queue_request(request: Request, kind: str, body: dict[str, Any], traff
                 param=WEBHOOK_HEADER,
             )
     headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    headers.update(bound_headers(identity))
     incoming = request.headers.get("x-request-id")
     job = Job(
         id=new_job_id(),
@@ -100,7 +109,7 @@ async def queue_request(request: Request, kind: str, body: dict[str, Any], traff
 async def get_job(request: Request) -> Response:
     gateway = gateway_of(request)
     try:
-        authenticate(request, gateway.settings.server.master_key)
+        await authenticate(request, gateway)
         job = await jobs_of(request).store.get_job(request.path_params["job_id"])
         if job is None:
             raise NotFound(f"No such job: {request.path_params['job_id']}", param="job_id")
@@ -114,7 +123,7 @@ async def get_job(request: Request) -> Response:
 async def cancel_job(request: Request) -> Response:
     gateway = gateway_of(request)
     try:
-        authenticate(request, gateway.settings.server.master_key)
+        await authenticate(request, gateway)
         store = jobs_of(request).store
         job_id = request.path_params["job_id"]
         job = await store.get_job(job_id)

@@ -46,7 +46,7 @@ async def embeddings(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     gateway = gateway_of(request)
     try:
-        authenticate(request, gateway.settings.server.master_key)
+        await authenticate(request, gateway)
     except GatewayError as err:
         return error_response(err)
     data = [
@@ -75,14 +75,14 @@ async def handle(
     gateway = gateway_of(request)
     call: Call | None = None
     try:
-        authenticate(request, gateway.settings.server.master_key)
+        identity = await authenticate(request, gateway)
         body = await read_json(request, gateway.settings.server.max_body_bytes)
         validate(body)
         if "x-tokenomy-priority" in request.headers or gateway.settings.traffic.features:
             traffic_class = traffic_class_for(request.headers, gateway.settings.traffic)
             if traffic_class != "realtime":
-                return await queue_request(request, kind, body, traffic_class)
-        call = new_call(request, kind, body)
+                return await queue_request(request, kind, body, traffic_class, identity)
+        call = new_call(request, kind, body, identity=identity)
         reply = await until_disconnect(request, gateway.pipeline.run(call))
         return render(call, reply)
     except GatewayError as err:

@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from tokenomy.budgets.keys import bound_identity
 from tokenomy.errors import GatewayError, RateLimited, ServiceUnavailable, UpstreamError
 from tokenomy.jobs.pacing import Pacer
 from tokenomy.jobs.queue import Delivery, QueueError
@@ -180,6 +181,7 @@ class JobWorker:
             headers=dict(job.headers),
             traffic_class=job.traffic_class,
         )
+        call.identity = bound_identity(call.headers)  # the submitter's virtual key, if any
         call.annotations["failed_attempt_id"] = f"{job.id}.attempt{job.attempts}"
         call.annotations["job_id"] = job.id
         call.annotations["ledger_row_by_job"] = self.service.ledger_in_store

@@ -27,6 +27,8 @@ class Identity:
     customer: str | None = None
     endpoint: str | None = None
     tags: tuple[str, ...] = ()
+    #: models this caller may use (public names); ``None``: any
+    allowed_models: frozenset[str] | None = None
 
 
 @dataclass(slots=True)

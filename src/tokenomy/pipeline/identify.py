@@ -31,15 +31,18 @@ def identity_from(call: Call) -> Identity:
     )
     raw_tags = headers.get("x-tokenomy-tags") or ""
     tags = tuple(dict.fromkeys(t for t in (_label(t) for t in raw_tags.split(",")) if t))[:MAX_TAGS]
+    # What a virtual key binds wins over headers: a header must not move a call
+    # out of the team (or customer) whose budget it is charged to.
     base = call.identity
     return Identity(
         key_id=base.key_id,
         org=base.org,
-        team=_label(headers.get("x-tokenomy-team")) or base.team,
-        feature=_label(headers.get("x-tokenomy-feature")) or base.feature,
-        customer=customer or base.customer,
+        team=base.team or _label(headers.get("x-tokenomy-team")),
+        feature=base.feature or _label(headers.get("x-tokenomy-feature")),
+        customer=base.customer or customer,
         endpoint=_label(headers.get("x-tokenomy-endpoint")) or base.endpoint,
         tags=tags or base.tags,
+        allowed_models=base.allowed_models,
     )
 
 

@@ -43,7 +43,7 @@ def period_bounds(period: str, now: dt.datetime, window_s: int | None = None) ->
 
 
 async def budget_status(queries: DashboardQueries, now: dt.datetime | None = None) -> list[dict[str, Any]] | None:
-    """Every budget with its spend in the current period; ``None`` if there is no budgets table."""
+    """Every budget with its spend in the current period; ``None`` if there are no budgets (or no table)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     engine = queries.ledger.engine
 
@@ -57,6 +57,8 @@ async def budget_status(queries: DashboardQueries, now: dt.datetime | None = Non
         if table is None:
             return None
         budgets = [dict(row._mapping) for row in await conn.execute(sa.select(table))]
+    if not budgets:  # the budgets migration creates the table; no rows still means nothing to show
+        return None
     out = []
     for budget in budgets:
         scope = str(budget.get("scope") or "")

@@ -1,0 +1,348 @@
+"""Reserve → settle: the budget and rate-limit logic behind ``BudgetStage``.
+
+``admit`` finds every rule that applies to a call, turns them into counter
+charges (worst-case dollars for budgets, one request and worst-case tokens for
+rate limits, one slot for concurrency, a zero-cost meter for runaway
+detection) and reserves them all in one atomic store call. ``settle`` replaces
+the reservation by what the call actually cost, then checks alert thresholds
+and spend rates. Calls no rule applies to cost nothing but a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
+
+from tokenomy.budgets import metrics
+from tokenomy.budgets.alerts import AlertDispatcher
+from tokenomy.budgets.counters import NANO, Charge, CounterStore, CounterStoreUnavailable, from_nano, to_nano
+from tokenomy.budgets.estimate import estimate
+from tokenomy.budgets.periods import Window, format_reset, window
+from tokenomy.budgets.policy import BudgetRule, PolicySet, RateLimitRule
+from tokenomy.budgets.runaway import RunawayDetector
+from tokenomy.budgets.thresholds import ThresholdAlerts
+from tokenomy.budgets.ticket import ChargeInfo, Ticket
+from tokenomy.config import BudgetSettings
+from tokenomy.errors import (
+    BudgetExceeded,
+    BudgetStoreUnavailable,
+    GatewayError,
+    ModelNotAllowed,
+    PermissionDenied,
+    RateLimited,
+    RateLimitExceeded,
+)
+from tokenomy.models import ModelRegistry
+from tokenomy.pipeline.call import Call
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+#: Rate limits count over a rolling minute, in six ten-second slots.
+MINUTE = 60
+MINUTE_SLOTS = 6
+
+
+class BudgetEnforcer:
+    """Admits calls against budgets and rate limits and settles them to their actual cost."""
+
+    def __init__(
+        self,
+        settings: BudgetSettings,
+        store: CounterStore,
+        policies: Callable[[], PolicySet],
+        *,
+        registry: ModelRegistry | None = None,
+        alerts: AlertDispatcher | None = None,
+        runaway: RunawayDetector | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.policies = policies
+        self.registry = registry
+        self.alerts = alerts
+        self.runaway = runaway
+        self.clock = clock
+        #: counter keys start with the store's own prefix (Redis) or nothing (memory)
+        self.prefix: str = getattr(store, "prefix", "")
+        self.store_failures = 0
+        self._pending: set[asyncio.Task[None]] = set()
+        self.thresholds = ThresholdAlerts(store, alerts, prefix=self.prefix, clock=clock) if alerts is not None else None
+
+    # admission --------------------------------------------------------------
+
+    async def admit(self, call: Call) -> Ticket | None:
+        """Reserve the call's worst case in every scope; raise if any would be exceeded."""
+        check_model_allowed(call)
+        policies = self.policies()
+        budgets = policies.budgets_for(call) if policies else []
+        limits = policies.limits_for(call) if policies else []
+        meters = self.runaway.subjects(call) if self.runaway is not None else []
+        if not budgets and not limits and not meters:
+            return None
+        return await self._admit(call, budgets, limits, meters, downgraded=False)
+
+    async def _admit(
+        self,
+        call: Call,
+        budgets: list[tuple[BudgetRule, str]],
+        limits: list[tuple[RateLimitRule, str]],
+        meters: list[tuple[str, str]],
+        *,
+        downgraded: bool,
+    ) -> Ticket | None:
+        est = estimate(call, self.settings.output_cap_tokens, enforce_cap=self.settings.enforce_output_cap)
+        if est.usd is None and budgets and self.settings.unpriced == "deny":
+            raise PermissionDenied(
+                f"model {call.model_asked!r} has no known price, so its budget cannot be enforced",
+                code="unpriced_model",
+            )
+        now = self.clock()
+        charges: list[Charge] = []
+        infos: list[ChargeInfo] = []
+        p = self.prefix
+        reserve_nano = to_nano(est.usd) if est.usd is not None else 0
+        for rule, subject in budgets:
+            win = window(rule.period, now, rule.timezone, rule.window_s)
+            limit = None if rule.mode == "soft" else to_nano(rule.amount_usd)
+            keys = tuple(f"{p}b:{rule.id}:{subject}:{bucket}" for bucket in win.buckets)
+            charges.append(Charge(keys[0], reserve_nano, limit, keys, win.ttl_s))
+            infos.append(ChargeInfo("budget", rule, subject, win, rule.scope))
+        if limits:
+            minute = window("rolling", now, seconds=MINUTE, slots=MINUTE_SLOTS)
+            for limit_rule, subject in limits:
+                base = f"{p}rl:{limit_rule.id}:{subject}"
+                if limit_rule.rpm is not None:
+                    keys = tuple(f"{base}:rq:{bucket}" for bucket in minute.buckets)
+                    charges.append(Charge(keys[0], 1, limit_rule.rpm, keys, minute.ttl_s, report=False))
+                    infos.append(ChargeInfo("requests", limit_rule, subject, minute, limit_rule.scope))
+                if limit_rule.tpm is not None:
+                    keys = tuple(f"{base}:tk:{bucket}" for bucket in minute.buckets)
+                    charges.append(Charge(keys[0], est.tokens, limit_rule.tpm, keys, minute.ttl_s, report=False))
+                    infos.append(ChargeInfo("tokens", limit_rule, subject, minute, limit_rule.scope))
+                if limit_rule.concurrent is not None:
+                    key = f"{base}:cc"
+                    ttl = int(self.settings.reservation_ttl_s) + 3600
+                    charges.append(Charge(key, 1, limit_rule.concurrent, (key,), ttl, report=False))
+                    infos.append(ChargeInfo("concurrent", limit_rule, subject, None, limit_rule.scope))
+        if self.runaway is not None:
+            for charge, info in self.runaway.charges(meters, now):
+                charges.append(charge)
+                infos.append(info)
+        ticket = Ticket("rsv_" + uuid.uuid4().hex, charges, infos, est)
+        try:
+            admission = await self.store.reserve(ticket.reservation_id, charges, self.settings.reservation_ttl_s)
+        except CounterStoreUnavailable as exc:
+            return self._store_down(exc, call)
+        if not admission.admitted:
+            assert admission.refused is not None
+            info = infos[admission.refused]
+            total = admission.totals[admission.refused]
+            charge = charges[admission.refused]
+            if info.kind == "budget" and info.rule.mode == "downgrade" and not downgraded:
+                if self._downgrade(call, info.rule):
+                    metrics.DOWNGRADED.labels(info.scope).inc()
+                    return await self._admit(call, budgets, limits, meters, downgraded=True)
+            raise self._refusal(call, info, charge, total, now)
+        ticket.headers = self._headers(charges, infos, admission.totals, now)
+        ticket.charges = self._reporting(charges, infos, admission.totals)
+        return ticket
+
+    def _reporting(self, charges: list[Charge], infos: list[ChargeInfo], totals: tuple[int, ...]) -> list[Charge]:
+        """Ask the settle for a budget's new total only if it may have crossed an alert threshold.
+
+        The total at reservation already counts this call's worst case, and a
+        settle only lowers it (actual ≤ reserved), so below the lowest threshold
+        there is nothing to alert on — and the store need not sum the window again.
+        """
+        out = charges
+        for index, (charge, info, total) in enumerate(zip(charges, infos, totals)):
+            if info.kind != "budget" or not charge.report:
+                continue
+            rule: BudgetRule = info.rule
+            if self.thresholds is not None and rule.thresholds and total >= min(rule.thresholds) * rule.amount_usd * NANO:
+                continue
+            if out is charges:
+                out = list(charges)
+            out[index] = replace(charge, report=False)
+        return out
+
+    def _store_down(self, exc: CounterStoreUnavailable, call: Call) -> None:
+        self.store_failures += 1
+        mode = self.settings.fail_mode
+        metrics.STORE_UNAVAILABLE.labels(mode).inc()
+        if mode == "open":
+            log.warning("budget store unreachable, failing OPEN for %s (not counted): %s", call.request_id, exc)
+            call.annotations["budget"] = "unenforced"
+            return None
+        log.error("budget store unreachable, failing CLOSED for %s: %s", call.request_id, exc)
+        raise BudgetStoreUnavailable(
+            "Budgets cannot be checked right now (the counter store is unreachable); try again shortly."
+        ) from exc
+
+    def _downgrade(self, call: Call, rule: BudgetRule) -> bool:
+        if self.registry is None or not rule.downgrade_to:
+            return False
+        try:
+            entry = self.registry.resolve(rule.downgrade_to, call.kind)
+        except GatewayError:
+            log.error("budget %s: downgrade model %r is not available", rule.id, rule.downgrade_to)
+            return False
+        if call.targets and call.targets[0].deployment.name == entry.name:
+            return False
+        call.annotations["budget_downgraded_from"] = call.targets[0].deployment.name if call.targets else None
+        call.targets = entry.targets
+        return True
+
+    def _refusal(self, call: Call, info: ChargeInfo, charge: Charge, total: int, now: float) -> GatewayError:
+        metrics.REJECTED.labels(info.kind, info.scope or "runaway").inc()
+        if info.kind == "budget":
+            rule: BudgetRule = info.rule
+            assert info.window is not None and charge.limit is not None
+            remaining = max(0, charge.limit - total)
+            reset = info.window.reset_at
+            headers = {
+                "x-tokenomy-budget-remaining-usd": _usd(remaining),
+                "x-tokenomy-budget-scope": f"{rule.scope}:{info.subject}",
+            }
+            if reset is not None:
+                headers["retry-after"] = str(max(1, math.ceil(reset - now)))
+            if self.thresholds is not None:
+                self._background(self.thresholds.exhausted(info, total))
+            return BudgetExceeded(
+                f"Budget exceeded for {rule.describe(info.subject)} ({rule.period_label()} budget "
+                f"${rule.amount_usd:.2f}, id {rule.id}): ${from_nano(remaining):.6f} remaining, this request "
+                f"needs up to ${from_nano(charge.amount):.6f}; resets at {format_reset(reset)}.",
+                headers=headers,
+            )
+        if info.kind == "block":
+            return RateLimited(
+                f"Spending by {info.scope} {info.subject!r} is running far above its usual rate; "
+                "its calls are paused for a while. Ask an administrator to review it.",
+                code="runaway_throttled",
+                headers={"retry-after": str(self.runaway.settings.throttle_s if self.runaway else 60)},
+            )
+        rule_l: RateLimitRule = info.rule
+        what = {
+            "requests": f"{rule_l.rpm} requests per minute",
+            "tokens": f"{rule_l.tpm} tokens per minute (this request may use {charge.amount})",
+            "concurrent": f"{rule_l.concurrent} concurrent requests",
+        }[info.kind]
+        retry = 1 if info.kind == "concurrent" else _seconds_until(info.window, now)
+        return RateLimitExceeded(
+            f"Rate limit reached for {info.scope} {info.subject!r}: {what}. Try again in {retry}s.",
+            headers={"retry-after": str(retry)},
+        )
+
+    def _headers(self, charges: list[Charge], infos: list[ChargeInfo], totals: tuple[int, ...], now: float) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        budget_left: int | None = None
+        best: dict[str, tuple[int, int, ChargeInfo]] = {}
+        for charge, info, total in zip(charges, infos, totals):
+            if charge.limit is None:
+                continue
+            left = max(0, charge.limit - total)
+            if info.kind == "budget":
+                budget_left = left if budget_left is None else min(budget_left, left)
+            elif info.kind in ("requests", "tokens"):
+                seen = best.get(info.kind)
+                if seen is None or left < seen[1]:
+                    best[info.kind] = (charge.limit, left, info)
+        if budget_left is not None:
+            headers["x-tokenomy-budget-remaining-usd"] = _usd(budget_left)
+        for kind, (limit, left, info) in best.items():
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(left)
+            headers[f"x-ratelimit-reset-{kind}"] = f"{_seconds_until(info.window, now)}s"
+        return headers
+
+    # settlement ---------------------------------------------------------------
+
+    def settle_later(self, ticket: Ticket | None, call: Call, exc: BaseException | None = None) -> None:
+        """Settle in the background: the answer does not wait for the store round trip."""
+        if ticket is None or ticket.settled:
+            return
+        self._background(self.settle(ticket, call, exc))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def settle(self, ticket: Ticket | None, call: Call, exc: BaseException | None = None) -> None:
+        """Replace the reservation with the actual cost (at least the input if the client left)."""
+        if ticket is None or ticket.settled:
+            return
+        ticket.settled = True
+        usd = call.trace.total_usd or 0.0
+        tokens = call.trace.usage().total_tokens
+        if not call.trace.items and exc is not None and _client_left(exc) and call.provider is not None:
+            # the request reached upstream and was abandoned: charge at least its input
+            usd = ticket.estimate.input_usd or 0.0
+            tokens = ticket.estimate.input_tokens
+        spent = to_nano(usd)
+        actual = []
+        for info in ticket.infos:
+            if info.kind in ("budget", "meter"):
+                actual.append(spent)
+            elif info.kind == "requests":
+                actual.append(1)
+            elif info.kind == "tokens":
+                actual.append(tokens)
+            else:  # concurrent slots are given back; blocks cost nothing
+                actual.append(0)
+        try:
+            totals = await self.store.settle(ticket.reservation_id, ticket.charges, actual)
+        except CounterStoreUnavailable as exc_store:
+            # the reservation expires on its own; the ledger still has the cost for reconciliation
+            log.error("settling %s failed (%s); its reservation will expire", call.request_id, exc_store)
+            return
+        await self._after_settle(ticket, totals)
+
+    async def _after_settle(self, ticket: Ticket, totals: tuple[int, ...]) -> None:
+        for info, charge, total in zip(ticket.infos, ticket.charges, totals):
+            if info.kind == "budget" and self.thresholds is not None:
+                await self.thresholds.check(info, total)
+            elif info.kind == "meter" and self.runaway is not None:
+                await self.runaway.observe(info.scope, info.subject)
+
+    async def drain(self) -> None:
+        """Wait for background settles and alerts (tests, shutdown)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+
+def check_model_allowed(call: Call) -> None:
+    allowed = call.identity.allowed_models
+    if allowed is None:
+        return
+    names = {call.model_asked}
+    if call.targets:
+        names.add(call.targets[0].deployment.name)
+    if not names & allowed:
+        raise ModelNotAllowed(
+            f"this API key may not use model {call.model_asked!r}; allowed: {', '.join(sorted(allowed)) or 'none'}",
+            param="model",
+        )
+
+
+def _client_left(exc: BaseException) -> bool:
+    return isinstance(exc, asyncio.CancelledError) or type(exc).__name__ == "ClientGone"
+
+
+def _usd(nano: int) -> str:
+    return f"{nano / NANO:.6f}"
+
+
+def _seconds_until(win: Window | None, now: float) -> int:
+    if win is None or win.reset_at is None:
+        return 1
+    return max(1, math.ceil(win.reset_at - now))
