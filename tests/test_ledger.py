@@ -135,8 +135,8 @@ async def test_a_batch_is_one_executemany_in_one_transaction(ledger: SQLLedger, 
         sa.event.remove(engine, "commit", on_commit)
     inserts = [(sql, many) for sql, many in statements if sql.lstrip().upper().startswith("INSERT")]
     ledger_inserts = [many for sql, many in inserts if sql.lstrip().upper().startswith("INSERT INTO LEDGER (")]
-    # one multi-row insert (RETURNING the ids really inserted), plus one upsert per rollup table
-    assert len(ledger_inserts) == 1 and len(inserts) == 3
+    # one multi-row insert (RETURNING the ids really inserted), plus one upsert per rollup table (3)
+    assert len(ledger_inserts) == 1 and len(inserts) == 4
     assert len(commits) == 1
     assert await ledger.count() == 500
 
@@ -302,7 +302,7 @@ async def test_schema_is_at_head_and_matches_the_live_table(ledger: SQLLedger) -
 
     async with ledger.engine.connect() as conn:
         revision, diff = await conn.run_sync(inspect)
-    assert revision == head == "0006_access"
+    assert revision == head == "0007_pair_rollup"
     assert diff == []
 
 

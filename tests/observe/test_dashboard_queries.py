@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from tokenomy.store.budget_view import budget_status, period_bounds
 from tokenomy.store.dashboard_queries import NONE, DashboardQueries, Query
 from tokenomy.store.ledger import LedgerRow
-from tokenomy.store.sql_ledger import LEDGER_DAILY, LEDGER_DIM_ROLLUP, SQLLedger
+from tokenomy.store.sql_ledger import LEDGER_DAILY, LEDGER_DIM_ROLLUP, LEDGER_PAIR_DAILY, SQLLedger
 
 NOW = dt.datetime(2026, 3, 10, 12, 30, tzinfo=dt.timezone.utc)
 
@@ -100,6 +100,69 @@ async def test_breakdowns_match_the_rows(seeded: tuple[SQLLedger, list[LedgerRow
           expected_by(search, lambda r: list(dict.fromkeys(r.tags)) or [NONE]))
     no_team = [r for r in rows if r.team is None]
     check(await queries.breakdown(Query(None, None, {"team": NONE}), "team"), expected_by(no_team, lambda r: [NONE]))
+
+
+async def test_pair_rollup_breakdowns_match_the_rows(seeded: tuple[SQLLedger, list[LedgerRow]]) -> None:
+    """Team / feature filter × customer / tag grouping, from ``ledger_pair_daily``."""
+    ledger, rows = seeded
+    queries = DashboardQueries(ledger)
+    assert queries.source(Query(None, None, {"team": "search"}), "customer").kind == "pair"
+    assert queries.source(Query(None, None, {"feature": "faq"}), "tag").kind == "pair"
+    assert queries.source(Query(None, None, {"team": "search", "feature": "faq"}), "tag").kind == "raw"
+    tags_of = lambda r: list(dict.fromkeys(r.tags)) or [NONE]  # noqa: E731
+    day = (NOW - dt.timedelta(days=5)).replace(hour=0, minute=0)
+    for name, attr in (("team", "team"), ("feature", "feature")):
+        for value in ("search", "support", "faq", "summarize", NONE):
+            picked = [r for r in rows if (getattr(r, attr) or NONE) == value]
+            check(await queries.breakdown(Query(None, None, {name: value}), "customer"),
+                  expected_by(picked, lambda r: [r.customer or NONE]))
+            check(await queries.breakdown(Query(None, None, {name: value}), "tag"), expected_by(picked, tags_of))
+            # a window on whole days is exact on the daily pair rollup
+            check(await queries.breakdown(Query(day, None, {name: value}), "tag"), expected_by(picked, tags_of, day))
+            check(await queries.breakdown(Query(day, None, {name: value}), "customer"),
+                  expected_by(picked, lambda r: [r.customer or NONE], day))
+    # a daily time series by customer under a team filter: top customers plus "other" add up per day
+    search = [r for r in rows if r.team == "search"]
+    per_day: dict[str, float] = defaultdict(float)
+    for row in search:
+        per_day[row.created_at.strftime("%Y-%m-%dT00:00:00Z")] += row.cost_usd or 0.0
+    folded = await queries.timeseries(Query(None, None, {"team": "search"}), "customer", "day", top=3)
+    assert folded["groups"][-1] == "other" and folded["resolution"] == "day"
+    got = {b["t"]: sum(c["cost_usd"] for c in b["groups"].values()) for b in folded["buckets"]}
+    assert got.keys() == per_day.keys()
+    for day_key, cost in per_day.items():
+        assert got[day_key] == pytest.approx(cost, rel=1e-9, abs=1e-12), day_key
+    by_tag = await queries.timeseries(Query(None, None, {"team": "search"}), "tag", "day")
+    beta_days: dict[str, int] = defaultdict(int)
+    for row in search:
+        if "beta" in row.tags:
+            beta_days[row.created_at.strftime("%Y-%m-%dT00:00:00Z")] += 1
+    assert {b["t"]: b["groups"]["beta"]["requests"] for b in by_tag["buckets"] if "beta" in b["groups"]} == beta_days
+
+
+async def test_tag_summary_is_exact_on_any_window(seeded: tuple[SQLLedger, list[LedgerRow]]) -> None:
+    """A tag filter alone: whole days from the tag's day slice, partial edge days from the raw rows."""
+    ledger, rows = seeded
+    queries = DashboardQueries(ledger)
+    windows = [
+        (None, None),
+        (NOW - dt.timedelta(days=7), None),  # mid-day start
+        (NOW.replace(hour=0, minute=0) - dt.timedelta(days=7), None),  # whole days
+        (NOW - dt.timedelta(days=9, minutes=17), NOW - dt.timedelta(days=2, hours=5)),  # both edges partial
+        (None, NOW - dt.timedelta(days=3, hours=2)),
+        (NOW - dt.timedelta(hours=30), NOW - dt.timedelta(hours=2)),  # under two days: raw only
+    ]
+    for tag in ("beta", "eu", NONE):
+        for since, until in windows:
+            picked = [r for r in rows if (tag in r.tags if tag != NONE else not r.tags)
+                      and (since is None or r.created_at >= since) and (until is None or r.created_at < until)]
+            got = await queries.summary(Query(since, until, {"tag": tag}))
+            assert got["resolution"] == "exact"
+            assert got["requests"] == len(picked), (tag, since, until)
+            assert got["input_tokens"] == sum(r.input_tokens for r in picked)
+            assert got["cost_usd"] == pytest.approx(sum(r.cost_usd or 0 for r in picked), rel=1e-9, abs=1e-12)
+            assert got["errors"] == sum(r.outcome != "ok" for r in picked)
+            assert got["unknown_cost_count"] == sum(r.cost_usd is None for r in picked)
 
 
 async def test_summary_timeseries_savings_and_windows(seeded: tuple[SQLLedger, list[LedgerRow]]) -> None:
@@ -196,16 +259,25 @@ async def test_budgets_hidden_without_a_table_and_projected_with_one(
 async def test_a_slice_is_small_and_rebuild_matches_the_writer(seeded: tuple[SQLLedger, list[LedgerRow]]) -> None:
     ledger, rows = seeded
 
-    async def snapshot() -> tuple[list[Any], list[Any]]:
+    async def snapshot() -> tuple[list[Any], list[Any], list[Any]]:
         async with ledger.engine.connect() as conn:
             dim = sorted(tuple(round(v, 6) if isinstance(v, float) else v for v in r)
                          for r in await conn.execute(sa.select(LEDGER_DIM_ROLLUP)))
             daily = sorted(tuple(round(v, 6) if isinstance(v, float) else v for v in r)
                            for r in await conn.execute(sa.select(LEDGER_DAILY)))
-        return dim, daily
+            pair = sorted(tuple(round(v, 6) if isinstance(v, float) else v for v in r)
+                          for r in await conn.execute(sa.select(LEDGER_PAIR_DAILY)))
+        return dim, daily, pair
 
     written = await snapshot()
     team_slice = [r for r in written[0] if r[0] == "team"]
     assert 0 < len(team_slice) <= 14 * 24 * 3 + 24 * 3 and len(team_slice) < len(rows) / 2
+    team_tags = [r for r in written[2] if r[0] == "team" and r[2] == "tag"]
+    assert 0 < len(team_tags) <= 15 * 3 * 3  # days × teams × (beta, eu, none)
     await ledger.rebuild_rollups()
+    assert await snapshot() == written
+    # rollups from before revision 0006: start-up fills the empty pair rollup alone
+    async with ledger.engine.begin() as conn:
+        await conn.execute(sa.delete(LEDGER_PAIR_DAILY))
+    await ledger._backfill_rollups()
     assert await snapshot() == written

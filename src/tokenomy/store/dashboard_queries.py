@@ -6,6 +6,11 @@ Every aggregate reads the smallest table that can answer it (``_Source``):
   any one for totals); hour resolution, day for customer / tag / key;
 - filters on low-cardinality dimensions (team, model, feature…): ``ledger_daily``
   (day resolution);
+- one filter on team or feature with a customer or tag grouping, daily steps:
+  ``ledger_pair_daily`` (day resolution);
+- a tag filter alone, totals: the day slice of that tag in ``ledger_dim_rollup``
+  for the whole days of the window, the raw ledger for its partial first and
+  last day (exact);
 - a filter on customer, tag or key, a filtered customer / tag / key breakdown,
   or hourly steps with filters: the raw ``ledger`` (exact, indexed by time and
   by team / feature / customer / model; slower on big windows).
@@ -33,12 +38,14 @@ from tokenomy.store.rollup import (
     DERIVED_DIMENSIONS,
     FLOAT_MEASURES,
     MEASURES,
+    PAIR_BY,
+    PAIR_DIMENSIONS,
     ROLLUP_DIMENSIONS,
     ROUTE_ARROW,
     SAVING_SLICE,
     TECHNIQUES,
 )
-from tokenomy.store.sql_ledger import LEDGER, LEDGER_DAILY, LEDGER_DIM_ROLLUP, SQLLedger
+from tokenomy.store.sql_ledger import LEDGER, LEDGER_DAILY, LEDGER_DIM_ROLLUP, LEDGER_PAIR_DAILY, SQLLedger
 
 NONE = NO_GROUP
 #: Every dimension the dashboard can group by (filters: all but the derived ones).
@@ -73,20 +80,25 @@ def _floor(moment: dt.datetime, unit: str) -> dt.datetime:
 class _Source:
     """One table the aggregates read, with its columns and sums under common names.
 
-    ``kind``: ``dim`` (one slice of ``ledger_dim_rollup``), ``daily`` or ``raw``.
+    ``kind``: ``dim`` (one slice of ``ledger_dim_rollup``), ``daily``, ``pair``
+    (``slice_`` the customer / tag grouping, ``pair`` the one team / feature
+    filter) or ``raw``.
     """
 
-    def __init__(self, kind: str, dialect: str, slice_: str | None = None) -> None:
-        self.kind, self.dialect, self.slice = kind, dialect, slice_
-        self.table = {"dim": LEDGER_DIM_ROLLUP, "daily": LEDGER_DAILY, "raw": LEDGER}[kind]
+    def __init__(self, kind: str, dialect: str, slice_: str | None = None, pair: str | None = None) -> None:
+        self.kind, self.dialect, self.slice, self.pair = kind, dialect, slice_, pair
+        self.table = {"dim": LEDGER_DIM_ROLLUP, "daily": LEDGER_DAILY, "pair": LEDGER_PAIR_DAILY, "raw": LEDGER}[kind]
         self.time = LEDGER.c.created_at if kind == "raw" else self.table.c.bucket
-        self.unit = "day" if kind == "daily" or slice_ in DAILY_DIMENSIONS else "hour"
+        self.unit = "day" if kind in ("daily", "pair") or slice_ in DAILY_DIMENSIONS else "hour"
 
     def dim(self, name: str) -> sa.ColumnElement[Any]:
         c = self.table.c
         if self.kind == "dim":
             assert name == self.slice, (name, self.slice)
             return c.value
+        if self.kind == "pair":
+            assert name == self.slice, (name, self.slice)
+            return c.by_value
         raw = self.kind == "raw"
         if name == "route":
             return c.model_asked + ROUTE_ARROW + sa.func.coalesce(c.model_served, "")
@@ -126,11 +138,19 @@ class _Source:
     def where(self, stmt: sa.Select[Any], query: Query, *, scan_by_cost: bool = False) -> sa.Select[Any]:
         if self.kind == "dim":
             stmt = stmt.where(self.table.c.dimension == self.slice)
+        if self.kind == "pair":
+            (name, value), = query.filters.items()
+            assert name == self.pair, (name, self.pair)
+            c = self.table.c
+            stmt = stmt.where(c.dimension == name, c.value == ("" if value == NONE else value),
+                              c.by_dimension == self.slice)
         if query.since is not None:
             stmt = stmt.where(self.time >= (query.since if self.kind == "raw" else _floor(query.since, self.unit)))
         if query.until is not None:
             stmt = stmt.where(self.time < query.until)
         for name, value in query.filters.items():
+            if self.kind == "pair":
+                break
             match = self._matches(name, "" if value == NONE else value, hide_index=scan_by_cost and name in ROLLUP_DIMENSIONS)
             stmt = stmt.where(match)
         return stmt
@@ -210,6 +230,10 @@ class DashboardQueries:
                 return _Source("raw", self.dialect)
             # any one-value-per-call slice sums to the totals
             return _Source("dim", self.dialect, by or "traffic_class")
+        if len(filters) == 1 and by in PAIR_BY and step == "day":
+            (name,) = filters
+            if name in PAIR_DIMENSIONS:
+                return _Source("pair", self.dialect, by, pair=name)
         if any(name in DAILY_DIMENSIONS for name in filters) or by in DAILY_DIMENSIONS or step == "hour":
             return _Source("raw", self.dialect)
         return _Source("daily", self.dialect)
@@ -220,10 +244,42 @@ class DashboardQueries:
 
     async def summary(self, query: Query) -> dict[str, Any]:
         """Totals over the window: spend, baseline, savings, tokens, cache hits, errors, routed calls."""
+        if set(query.filters) == {"tag"}:
+            return await self._tag_summary(query)
         source = self.source(query)
         stmt = source.where(sa.select(*source.measures()).select_from(source.table), query)
         out = _measures_of((await self._rows(stmt))[0])
         out["resolution"] = source.unit if source.kind != "raw" else "exact"
+        return out
+
+    async def _tag_summary(self, query: Query) -> dict[str, Any]:
+        """Totals for one tag, exact: the whole days of the window from the tag's day slice
+        of ``ledger_dim_rollup``, the partial days at either edge from the raw ledger."""
+        since, until = query.since, query.until
+        first = None if since is None else _floor(since, "day")
+        if first is not None and first < since.astimezone(dt.timezone.utc):
+            first += dt.timedelta(days=1)
+        last = None if until is None else _floor(until, "day")
+        if first is not None and last is not None and first >= last:
+            first = last = None  # under two days: no whole day worth a second statement
+        parts: list[tuple[_Source, Query]] = []
+        if first is None and last is None and (since is not None or until is not None):
+            parts.append((_Source("raw", self.dialect), query))
+        else:
+            if since is not None and first is not None and since.astimezone(dt.timezone.utc) < first:
+                parts.append((_Source("raw", self.dialect), Query(since, first, query.filters)))
+            if until is not None and last is not None and last < until.astimezone(dt.timezone.utc):
+                parts.append((_Source("raw", self.dialect), Query(last, until, query.filters)))
+            parts.append((_Source("dim", self.dialect, "tag"), Query(first, last)))
+        out = dict.fromkeys(MEASURES, 0)
+        value = query.filters["tag"]
+        for source, part in parts:
+            stmt = source.where(sa.select(*source.measures()).select_from(source.table), part)
+            if source.kind == "dim":
+                stmt = stmt.where(source.table.c.value == ("" if value == NONE else value))
+            for name, number in _measures_of((await self._rows(stmt))[0]).items():
+                out[name] += number
+        out["resolution"] = "exact"
         return out
 
     async def timeseries(self, query: Query, by: str | None = None, step: str = "day", top: int = 8) -> dict[str, Any]:

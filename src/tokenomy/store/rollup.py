@@ -12,13 +12,17 @@ the writer also adds its rows, in the same transaction, into two small tables:
 ``ledger_daily`` — one row per day and *combination* of the low-cardinality
     dimensions, for filtered views (team = X, by model). Real traffic has far
     fewer combinations per day than calls.
+``ledger_pair_daily`` — one row per day, filter dimension value (``PAIR_DIMENSIONS``:
+    team, feature) and customer or tag (``PAIR_BY``): a filtered customer or tag
+    breakdown (team = X, by customer) reads one team's slice instead of its raw
+    calls. At most teams × customers rows a day; team × tag is tiny.
 
-Both carry the same sums (``MEASURES``), including cache hits, errors and
+All carry the same sums (``MEASURES``), including cache hits, errors and
 routed calls, so any slice answers the summary tiles too. Only rows the ledger
 really inserted are added (``INSERT … RETURNING`` skips a duplicate
 ``request_id``): a retried batch is never counted twice. NULL values are stored
 as ``''`` (unique keys would treat NULLs as distinct). ``rebuild_statements``
-recomputes both tables from the ledger in SQL (after a bulk load).
+recomputes the tables from the ledger in SQL (after a bulk load).
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ DERIVED_DIMENSIONS = ("route", "technique")
 #: column: prune, summarize, compress, prompt_cache…), one value per technique; its
 #: measures differ (see ``_saving_measures``), so it is not a general dimension.
 SAVING_SLICE = "saving"
+#: Low-cardinality filters crossed, per day, with each high-cardinality dimension in ``PAIR_BY``.
+PAIR_DIMENSIONS = ("team", "feature")
+PAIR_BY = ("customer", "tag")
 ROUTE_ARROW = " → "
 
 #: ``cache_status`` values that are not a hit (anything else is: ``hit-exact``, ``hit-semantic``, ``coalesced`` …).
@@ -84,7 +91,9 @@ def _measure(name: str) -> sa.Column[Any]:
     return sa.Column(name, kind, nullable=False)
 
 
-def define_tables(metadata: sa.MetaData, datetime_type: sa.types.TypeEngine[Any]) -> tuple[sa.Table, sa.Table]:
+def define_tables(
+    metadata: sa.MetaData, datetime_type: sa.types.TypeEngine[Any]
+) -> tuple[sa.Table, sa.Table, sa.Table]:
     dims = list(ROLLUP_DIMENSIONS.values())
     # Keyed value first: a breakdown groups by value in key order (no sort), and a
     # time series of a few values seeks straight to them. On SQLite the table *is*
@@ -107,7 +116,19 @@ def define_tables(metadata: sa.MetaData, datetime_type: sa.types.TypeEngine[Any]
         sa.UniqueConstraint("bucket", *dims, name="uq_ledger_daily_key"),
         *(sa.Index(f"ix_ledger_daily_{column}", column, "bucket") for column in ("team", "feature", "model_served")),
     )
-    return by_dimension, daily
+    # (team, X, customer) first: one filtered breakdown is one key range, grouped in key order.
+    pair = sa.Table(
+        "ledger_pair_daily",
+        metadata,
+        sa.Column("dimension", sa.String(), primary_key=True),
+        sa.Column("value", sa.String(), primary_key=True),
+        sa.Column("by_dimension", sa.String(), primary_key=True),
+        sa.Column("by_value", sa.String(), primary_key=True),
+        sa.Column("bucket", datetime_type, primary_key=True),
+        *(_measure(name) for name in MEASURES),
+        sqlite_with_rowid=False,
+    )
+    return by_dimension, daily, pair
 
 
 def _row_measures(row: Any) -> list[float]:
@@ -145,12 +166,16 @@ def _add(target: dict[tuple[Any, ...], list[float]], key: tuple[Any, ...], value
 class RollupWriter:
     """Adds freshly inserted ledger rows into the rollups (inside the writer's transaction)."""
 
-    def __init__(self, dialect: str, by_dimension: sa.Table, daily: sa.Table) -> None:
+    def __init__(self, dialect: str, by_dimension: sa.Table, daily: sa.Table, pair: sa.Table) -> None:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self._dim_keys = ["dimension", "value", "bucket"]
         self._daily_keys = ["bucket", *ROLLUP_DIMENSIONS.values()]
+        self._pair_keys = ["dimension", "value", "by_dimension", "by_value", "bucket"]
         self._dim_upsert = self._upsert(insert, by_dimension, self._dim_keys)
         self._daily_upsert = self._upsert(insert, daily, self._daily_keys)
+        self._pair_upsert = self._upsert(insert, pair, self._pair_keys)
+        names = list(ROLLUP_DIMENSIONS)
+        self._pair_index = [(name, names.index(name)) for name in PAIR_DIMENSIONS]
 
     @staticmethod
     def _upsert(insert: Any, table: sa.Table, keys: list[str]) -> Any:
@@ -162,6 +187,8 @@ class RollupWriter:
     async def add(self, conn: Any, rows: Iterable[Any]) -> None:
         by_dimension: dict[tuple[Any, ...], list[float]] = {}
         daily: dict[tuple[Any, ...], list[float]] = {}
+        pair: dict[tuple[Any, ...], list[float]] = {}
+        pair_index = self._pair_index
         columns = list(ROLLUP_DIMENSIONS.items())
         for row in rows:
             values = _row_measures(row)
@@ -175,10 +202,17 @@ class RollupWriter:
             _add(by_dimension, ("route", row.model_asked + ROUTE_ARROW + served, hour), values)
             technique = technique_of(row.cache_status, row.model_asked, row.model_served, row.traffic_class)
             _add(by_dimension, ("technique", technique, hour), values)
-            _add(by_dimension, ("customer", row.customer or "", day), values)
+            customer = row.customer or ""
+            _add(by_dimension, ("customer", customer, day), values)
             _add(by_dimension, ("key", row.key_id or "", day), values)
-            for tag in dict.fromkeys(row.tags) or ("",):
+            tags = tuple(dict.fromkeys(row.tags)) or ("",)
+            for tag in tags:
                 _add(by_dimension, ("tag", tag, day), values)
+            for name, index in pair_index:
+                value = dims[index]
+                _add(pair, (name, value, "customer", customer, day), values)
+                for tag in tags:
+                    _add(pair, (name, value, "tag", tag, day), values)
             for technique, saving in (getattr(row, "savings", None) or {}).items():
                 _add(by_dimension, ("saving", technique, hour), _saving_measures(saving))
         # Sorted keys: concurrent writers (replicas) lock rollup rows in one order,
@@ -187,6 +221,8 @@ class RollupWriter:
             await conn.execute(self._dim_upsert, _params(by_dimension, self._dim_keys, lambda k: (k[0], k[1], k[2].timestamp())))
         if daily:
             await conn.execute(self._daily_upsert, _params(daily, self._daily_keys, lambda k: (k[0].timestamp(), *k[1:])))
+        if pair:
+            await conn.execute(self._pair_upsert, _params(pair, self._pair_keys, lambda k: (*k[:4], k[4].timestamp())))
 
 
 def _params(sums: dict[tuple[Any, ...], list[float]], keys: Sequence[str], order: Any) -> list[dict[str, Any]]:
@@ -194,16 +230,14 @@ def _params(sums: dict[tuple[Any, ...], list[float]], keys: Sequence[str], order
     return [dict(zip(names, (*key, *sums[key]))) for key in sorted(sums, key=order)]
 
 
-def rebuild_statements(dialect: str) -> list[str]:
-    """SQL that recomputes both rollups from the ledger."""
+def _rebuild_parts(dialect: str) -> tuple[str, str, str]:
+    """The day bucket, the (call id, tag) subquery and the measures, in ``dialect``'s SQL."""
     q = _sql_list
     if dialect == "postgresql":
-        hour = "date_trunc('hour', l.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
         day = "date_trunc('day', l.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
         tags = ("(SELECT DISTINCT l.id, t.value AS tag FROM ledger l "
                 "LEFT JOIN LATERAL jsonb_array_elements_text(l.tags) AS t(value) ON true)")
     else:
-        hour = "substr(l.created_at, 1, 13) || ':00:00.000000'"
         day = "substr(l.created_at, 1, 10) || ' 00:00:00.000000'"
         tags = "(SELECT DISTINCT l.id, t.value AS tag FROM ledger l LEFT JOIN json_each(l.tags) AS t ON 1)"
     hit = f"l.cache_status NOT IN ({q(CACHE_NOT_HIT | CACHE_NOT_LOOKED_UP)})"
@@ -220,8 +254,20 @@ def rebuild_statements(dialect: str) -> list[str]:
         "sum(CASE WHEN l.outcome = 'ok' THEN 0 ELSE 1 END)",
         f"sum(CASE WHEN {routed} THEN 1 ELSE 0 END)",
     ])
+    return day, tags, measures
+
+
+def rebuild_statements(dialect: str) -> list[str]:
+    """SQL that recomputes the rollups from the ledger."""
+    if dialect == "postgresql":
+        hour = "date_trunc('hour', l.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    else:
+        hour = "substr(l.created_at, 1, 13) || ':00:00.000000'"
+    day, tags, measures = _rebuild_parts(dialect)
+    hit = f"l.cache_status NOT IN ({_sql_list(CACHE_NOT_HIT | CACHE_NOT_LOOKED_UP)})"
+    routed = "l.model_served IS NOT NULL AND l.model_served <> '' AND l.model_served <> l.model_asked"
     into_dim = f"INSERT INTO ledger_dim_rollup (dimension, bucket, value, {', '.join(MEASURES)}) "
-    statements = ["DELETE FROM ledger_dim_rollup", "DELETE FROM ledger_daily"]
+    statements = ["DELETE FROM ledger_dim_rollup", "DELETE FROM ledger_daily", *pair_rebuild_statements(dialect)]
     dims = list(ROLLUP_DIMENSIONS.values())
     statements.append(
         f"INSERT INTO ledger_daily (bucket, {', '.join(dims)}, {', '.join(MEASURES)}) "
@@ -255,6 +301,24 @@ def rebuild_statements(dialect: str) -> list[str]:
         into_dim + f"SELECT '{SAVING_SLICE}', {hour}, s.key, count(*), {saving[1]}, {zeros}, {saving[2]}, {tail} "
         f"{saving[0]} GROUP BY 2, 3"
     )
+    return statements
+
+
+def pair_rebuild_statements(dialect: str) -> list[str]:
+    """SQL that recomputes ``ledger_pair_daily`` alone (backfill of a ledger older than it)."""
+    day, tags, measures = _rebuild_parts(dialect)
+    into = (f"INSERT INTO ledger_pair_daily (dimension, value, by_dimension, by_value, bucket, {', '.join(MEASURES)}) ")
+    statements = ["DELETE FROM ledger_pair_daily"]
+    for name in PAIR_DIMENSIONS:
+        column = ROLLUP_DIMENSIONS[name]
+        statements.append(
+            into + f"SELECT '{name}', COALESCE(l.{column}, ''), 'customer', COALESCE(l.customer, ''), {day}, "
+            f"{measures} FROM ledger l GROUP BY 2, 4, 5"
+        )
+        statements.append(
+            into + f"SELECT '{name}', COALESCE(l.{column}, ''), 'tag', COALESCE(x.tag, ''), {day}, "
+            f"{measures} FROM {tags} x JOIN ledger l ON l.id = x.id GROUP BY 2, 4, 5"
+        )
     return statements
 
 

@@ -40,7 +40,7 @@ from tokenomy.store.ledger import (
     TechniqueSavings,
 )
 from tokenomy.store.migrations import upgrade_head
-from tokenomy.store.rollup import RollupWriter, define_tables, rebuild_statements
+from tokenomy.store.rollup import RollupWriter, define_tables, pair_rebuild_statements, rebuild_statements
 
 _UTC = dt.timezone.utc
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ LEDGER = sa.Table(
 )
 
 #: Pre-aggregated spend the dashboard reads (``tokenomy.store.rollup``).
-LEDGER_DIM_ROLLUP, LEDGER_DAILY = define_tables(metadata, UTCDateTime())
+LEDGER_DIM_ROLLUP, LEDGER_DAILY, LEDGER_PAIR_DAILY = define_tables(metadata, UTCDateTime())
 
 _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
 _row_values: Callable[[LedgerRow], tuple[Any, ...]] = operator.attrgetter(*_FIELDS)  # type: ignore[assignment]
@@ -151,7 +151,7 @@ async def insert_rows(conn: Any, dialect: str, rows: Sequence[LedgerRow]) -> Non
         # id, must not fail the rows around it: ON CONFLICT DO NOTHING.
         insert = (postgresql if dialect == "postgresql" else sqlite).insert(LEDGER)
         statement = insert.on_conflict_do_nothing(index_elements=["request_id"]).returning(LEDGER.c.request_id)
-        prepared = _INSERTS[dialect] = (statement, RollupWriter(dialect, LEDGER_DIM_ROLLUP, LEDGER_DAILY))
+        prepared = _INSERTS[dialect] = (statement, RollupWriter(dialect, LEDGER_DIM_ROLLUP, LEDGER_DAILY, LEDGER_PAIR_DAILY))
     statement, rollups = prepared
     result = await conn.execute(statement, [dict(zip(_FIELDS, _row_values(row))) for row in rows])
     inserted = set(result.scalars())
@@ -260,9 +260,16 @@ class SQLLedger(Ledger):
         async with self.engine.connect() as conn:
             has_rows = (await conn.execute(sa.select(LEDGER.c.id).limit(1))).first() is not None
             rolled = (await conn.execute(sa.select(LEDGER_DIM_ROLLUP.c.value).limit(1))).first() is not None
+            paired = (await conn.execute(sa.select(LEDGER_PAIR_DAILY.c.value).limit(1))).first() is not None
         if has_rows and not rolled:
             logger.warning("ledger: building the dashboard's rollup tables from existing rows (once)")
             await self.rebuild_rollups()
+        elif has_rows and not paired:
+            # rollups older than revision 0006 (ledger_pair_daily): add the pair rollup alone
+            logger.warning("ledger: building the dashboard's pair rollup from existing rows (once)")
+            async with self.engine.begin() as conn:
+                for statement in pair_rebuild_statements(self.dialect):
+                    await conn.exec_driver_sql(statement)
 
     async def write_many(self, rows: Sequence[LedgerRow]) -> None:
         if not rows:
