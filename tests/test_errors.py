@@ -193,3 +193,14 @@ async def test_client_disconnect_cancels_non_streamed_call(start_gateway, fake_o
     row = {r.request_id: r for r in ledger_rows(server)}["gone-json"]
     assert row.outcome == "client_disconnected" and row.status == 499
     assert row.duration_ms is not None and row.duration_ms < 5000
+
+
+def test_cache_admin_routes_need_the_master_key(start_gateway: Callable[..., GatewayServer]) -> None:
+    server = start_gateway(server={"master_key": "sk-master"})
+    assert_envelope(post(server, {"all": True}, "/v1/cache/invalidate"), 401)
+    assert_envelope(httpx.get(server.url + "/v1/cache/stats"), 401)
+    assert_envelope(post(server, {"request_id": "x", "correct": False}, "/v1/feedback"), 401)
+    ok = post(server, {"all": True}, "/v1/cache/invalidate", authorization="Bearer sk-master")
+    assert ok.status_code == 200
+    ok = httpx.get(server.url + "/v1/cache/stats", headers={"authorization": "Bearer sk-master"})
+    assert ok.status_code == 200

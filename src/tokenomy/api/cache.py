@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokenomy.api.http import JSONResponse, authenticate, error_response, gateway_of, read_json
-from tokenomy.errors import GatewayError, InvalidRequest
+from tokenomy.api.http import JSONResponse, authenticate, bearer_token, error_response, gateway_of, is_master, read_json
+from tokenomy.errors import AuthenticationFailed, GatewayError, InvalidRequest
+
+if TYPE_CHECKING:
+    from tokenomy.app import Gateway
+
+
+def require_admin(request: Request, gateway: Gateway) -> None:
+    """Invalidation and stats act on every tenant's entries: the master key only (when one is set)."""
+    master_key = gateway.settings.server.master_key
+    if master_key is not None and not is_master(bearer_token(request), master_key):
+        raise AuthenticationFailed("this route needs the master key")
 
 
 async def feedback(request: Request) -> Response:
     """``{"request_id": "...", "correct": false}``: was the semantic cache's answer right?"""
     gateway = gateway_of(request)
     try:
-        authenticate(request, gateway.settings.server.master_key)
+        await authenticate(request, gateway)  # any caller of the gateway may report a wrong answer
         body = await read_json(request, 64 * 1024)
         request_id = body.get("request_id")
         correct = body.get("correct")
@@ -35,7 +47,7 @@ async def invalidate(request: Request) -> Response:
     """Drop entries: ``{"key": ...}``, or any of ``namespace``, ``tag``, ``older_than_s`` (all must match)."""
     gateway = gateway_of(request)
     try:
-        authenticate(request, gateway.settings.server.master_key)
+        require_admin(request, gateway)
         body = await read_json(request, 64 * 1024)
         key, namespace, tag, age = body.get("key"), body.get("namespace"), body.get("tag"), body.get("older_than_s")
         for name, value in (("key", key), ("namespace", namespace), ("tag", tag)):
@@ -63,7 +75,7 @@ async def invalidate(request: Request) -> Response:
 async def stats(request: Request) -> Response:
     gateway = gateway_of(request)
     try:
-        authenticate(request, gateway.settings.server.master_key)
+        require_admin(request, gateway)
     except GatewayError as err:
         return error_response(err)
     cache = gateway.cache
