@@ -12,18 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tokenomy.jobs.group_commit import GroupCommit
 from tokenomy.jobs.tables import BATCHES, FILES, JOBS
 from tokenomy.store.ledger import LedgerRow
 from tokenomy.store.migrations import upgrade_head
-from tokenomy.store.sql_ledger import _sqlite_pragmas, async_url, insert_rows
+from tokenomy.store.sql_ledger import async_url, insert_rows, open_engine
 
 _INSERT_JOB = sa.insert(JOBS)
 
@@ -64,9 +62,6 @@ class Job:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
 
 
-def _json_dumps(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
 
 class JobStore:
     """SQL storage of jobs, files and batches (migrated with the ledger's Alembic revisions).
@@ -93,18 +88,7 @@ class JobStore:
     async def start(self) -> None:
         if self._engine is not None:
             return
-        kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
-        if self.dialect == "sqlite":
-            database = self.url.database
-            if database and database != ":memory:" and not database.startswith("file:"):
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-        else:
-            kwargs["pool_pre_ping"] = True
-            if self.schema is not None:
-                kwargs["connect_args"] = {"server_settings": {"search_path": self.schema}}
-        engine = create_async_engine(self.url, **kwargs)
-        if self.dialect == "sqlite":
-            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine = open_engine(self.url, schema=self.schema)
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(upgrade_head)

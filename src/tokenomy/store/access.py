@@ -15,18 +15,16 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tokenomy.budgets.policy import BudgetRule, RateLimitRule
 from tokenomy.config import ConfigError
 from tokenomy.errors import InvalidRequest, NotFound
 from tokenomy.store.migrations import upgrade_head
-from tokenomy.store.sql_ledger import _sqlite_pragmas, async_url
+from tokenomy.store.sql_ledger import async_url, open_engine
 
 metadata = sa.MetaData()
 
@@ -163,13 +161,9 @@ class AccessStore:
     def __init__(self, url: str, *, schema: str | None = None) -> None:
         self.url = async_url(url)
         self.dialect = self.url.get_backend_name()
-        self._kwargs: dict[str, Any] = {"json_serializer": lambda v: orjson.dumps(v).decode(), "json_deserializer": orjson.loads}
-        if self.dialect == "postgresql":
-            self._kwargs["pool_pre_ping"] = True
-            if schema is not None:
-                self._kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
-        elif schema is not None:
+        if schema is not None and self.dialect != "postgresql":
             raise ConfigError("keys: a schema is only supported on PostgreSQL")
+        self.schema = schema
         self._engine: AsyncEngine | None = None
 
     @property
@@ -181,13 +175,7 @@ class AccessStore:
     async def start(self) -> None:
         if self._engine is not None:
             return
-        if self.dialect == "sqlite":
-            database = self.url.database
-            if database and database != ":memory:" and not database.startswith("file:"):
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(self.url, **self._kwargs)
-        if self.dialect == "sqlite":
-            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine = open_engine(self.url, schema=self.schema)
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(upgrade_head)

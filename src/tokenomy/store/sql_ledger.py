@@ -186,6 +186,30 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+def open_engine(url: sa.URL, *, schema: str | None = None, echo: bool = False) -> AsyncEngine:
+    """The engine every SQL store uses (ledger, keys and budgets, jobs).
+
+    SQLite: the file's folder is created and WAL pragmas set on each connection.
+    PostgreSQL: pre-ping (after a database restart the next use gets a fresh
+    connection instead of failing once on a dead one) and ``schema`` as the
+    ``search_path``. JSON columns go through orjson.
+    """
+    kwargs: dict[str, Any] = {"echo": echo, "json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+    dialect = url.get_backend_name()
+    if dialect == "sqlite":
+        database = url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    else:
+        kwargs["pool_pre_ping"] = True
+        if schema is not None:
+            kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
+    engine = create_async_engine(url, **kwargs)
+    if dialect == "sqlite":
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """WAL lets reports read while the writer writes; NORMAL sync is durable enough
     in WAL mode (a power cut may lose the last commits, never corrupt), and the
@@ -215,16 +239,10 @@ class SQLLedger(Ledger):
     def __init__(self, url: str, *, schema: str | None = None, echo: bool = False) -> None:
         self.url = async_url(url)
         self.dialect = self.url.get_backend_name()
-        kwargs: dict[str, Any] = {"echo": echo, "json_serializer": _json_dumps, "json_deserializer": orjson.loads}
-        if self.dialect == "postgresql":
-            # Pre-ping: after a database restart the writer's next flush gets a
-            # fresh connection instead of failing once on a dead one.
-            kwargs["pool_pre_ping"] = True
-            if schema is not None:
-                kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
-        elif schema is not None:
+        if schema is not None and self.dialect != "postgresql":
             raise ConfigError("ledger: a schema is only supported on PostgreSQL")
-        self._engine_kwargs = kwargs
+        self.schema = schema
+        self.echo = echo
         self._engine: AsyncEngine | None = None
 
     @property
@@ -236,13 +254,7 @@ class SQLLedger(Ledger):
     async def start(self) -> None:
         if self._engine is not None:
             return
-        if self.dialect == "sqlite":
-            database = self.url.database
-            if database and database != ":memory:" and not database.startswith("file:"):
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(self.url, **self._engine_kwargs)
-        if self.dialect == "sqlite":
-            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        engine = open_engine(self.url, schema=self.schema, echo=self.echo)
         try:
             async with engine.begin() as conn:
                 # Alembic is synchronous; run_sync runs it on the async connection
