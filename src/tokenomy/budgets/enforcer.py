@@ -140,7 +140,7 @@ class BudgetEnforcer:
         try:
             admission = await self.store.reserve(ticket.reservation_id, charges, self.settings.reservation_ttl_s)
         except CounterStoreUnavailable as exc:
-            return self._store_down(exc, call)
+            return self.store_down(exc, call)
         if not admission.admitted:
             assert admission.refused is not None
             info = infos[admission.refused]
@@ -189,7 +189,8 @@ class BudgetEnforcer:
             out[index] = replace(charge, report=False)
         return out
 
-    def _store_down(self, exc: CounterStoreUnavailable, call: Call) -> None:
+    def store_down(self, exc: CounterStoreUnavailable, call: Call) -> None:
+        """The counter store failed: let the call through uncounted (fail open) or raise (closed)."""
         self.store_failures += 1
         mode = self.settings.fail_mode
         metrics.STORE_UNAVAILABLE.labels(mode).inc()

@@ -118,15 +118,16 @@ def _over_attempts(
 
 
 def _apply_cap(call: Call, cap: int, model: str) -> None:
-    """Lower every output limit the request sets to ``cap``, or set the one its model takes."""
-    body = call.body
+    call.body = limited(call.body, cap, model)
+
+
+def limited(body: dict[str, Any], cap: int, model: str) -> dict[str, Any]:
+    """``body`` with every output limit it sets lowered to ``cap``, or with the one ``model`` takes set to it."""
     present = [key for key in _LIMIT_KEYS if isinstance(body.get(key), int) and not isinstance(body.get(key), bool)]
     if not present:
-        call.body = {**body, limit_field(model): cap}
-        return
+        return {**body, limit_field(model): cap}
     over = {key: cap for key in present if body[key] > cap}
-    if over:
-        call.body = {**body, **over}
+    return {**body, **over} if over else body
 
 
 def _dearest(call: Call, targets: Sequence[Any], input_tokens: int, output_tokens: int) -> float | None:
