@@ -292,3 +292,21 @@ def test_provider_batch_lines_carry_the_reserved_output_cap(
     assert batch.status == "completed"
     sent = {line["custom_id"]: line["body"] for line in openai_batches.batch_requests[sent_before:]}
     assert sent["huge"]["max_tokens"] == 500 and sent["none"]["max_tokens"] == 500  # budgets.output_cap_tokens
+
+
+def test_without_budgets_a_provider_batch_is_sent_whole_and_uncapped(
+    start_gateway: Callable[..., GatewayServer], tmp_path: Path, openai_batches: FakeOpenAIBatches
+) -> None:
+    models = [{"name": "gpt-batch", "deployments": [{"provider": "openai", "model": "gpt-4o-mini",
+                                                     "base_url": openai_batches.base_url,
+                                                     "api_key_env": "FAKE_OPENAI_KEY"}]}]  # fmt: skip
+    server = start_gateway(models=models, jobs={"files_dir": str(tmp_path / "files")},
+                           batches={"upstream_poll_interval_s": 0.05}, budgets={"enabled": False})  # fmt: skip
+    client = sdk(server, "unused")
+    sent_before = len(openai_batches.batch_requests)
+    lines = [chat_line(f"r{i}", f"doc {i}", model="gpt-batch") for i in range(3)]
+    lines[0]["body"]["max_tokens"] = 999999999
+    batch = wait_for_batch(client, submit(client, tmp_path, lines).id)
+    assert (batch.status, batch.request_counts.completed) == ("completed", 3)
+    sent = openai_batches.batch_requests[sent_before:]
+    assert len(sent) == 3 and sent[0]["body"]["max_tokens"] == 999999999  # no budget stage, no cap (as real-time)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tokenomy.budgets.batch import BatchReservation
+from tokenomy.budgets.batch import BatchReservation, HeldReservation
 from tokenomy.budgets.counters import Charge
 from tokenomy.jobs.owner import ANY_OWNER, Caller
 from tokenomy.jobs.store import Job, JobStore
@@ -66,7 +66,8 @@ async def test_jobs_keep_their_owner_and_batches_their_reservation(store: JobSto
     assert not a.may_see(None) and Caller().may_see(None)  # a key does not see rows made without one
 
     await store.create_batch(batch_record("batch_r", "key_a", 1.0))
-    reservation = BatchReservation("rsv_1", 12.5, 2, [Charge("b:g:*:2026-11", 300, 1000, ("b:g:*:2026-11",), 60)],
+    charge = Charge("b:g:*:2026-11", 300, 1000, ("b:g:*:2026-11",), 60)
+    reservation = BatchReservation(12.5, 2, [HeldReservation("rsv_1", (charge,)), HeldReservation("rsv_2", (charge,))],
                                    [("g", "*")], (429, {"error": {"code": "budget_exceeded"}}))  # fmt: skip
     await store.update_batch("batch_r", reservation=reservation.as_json())
     stored = await store.get_batch("batch_r")

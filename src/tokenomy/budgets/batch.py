@@ -37,15 +37,26 @@ from tokenomy.errors import BudgetExceeded, GatewayError, PermissionDenied
 from tokenomy.pipeline.call import Call
 
 
+@dataclass(frozen=True, slots=True)
+class HeldReservation:
+    """One reservation in the counter store: its id and charges (one per budget)."""
+
+    reservation_id: str
+    charges: tuple[Charge, ...]
+
+
 @dataclass(slots=True)
 class BatchReservation:
-    """What was reserved for a pass-through batch, and for how many of its leading lines."""
+    """What was reserved for a pass-through batch, and for how many of its leading lines.
 
-    #: ``None``: nothing is held (no budget applies, nothing fit, or the store failed open)
-    reservation_id: str | None
+    The search for how many lines fit reserves in steps, each step on top of the
+    previous ones, so the batch holds a few reservations (``held``) that add up to
+    the admitted lines' worst case.
+    """
+
     at: float
     admitted: int
-    charges: list[Charge] = field(default_factory=list)
+    held: list[HeldReservation] = field(default_factory=list)
     #: (budget id, scope value) of each charge, to find its rule again for alerts
     subjects: list[tuple[str, str]] = field(default_factory=list)
     #: the error (status, OpenAI envelope) of the lines not admitted
@@ -53,12 +64,10 @@ class BatchReservation:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "id": self.reservation_id,
             "at": self.at,
             "admitted": self.admitted,
-            "charges": [
-                {"key": c.key, "amount": c.amount, "limit": c.limit, "window": list(c.window), "ttl_s": c.ttl_s}
-                for c in self.charges
+            "held": [
+                {"id": h.reservation_id, "charges": [_charge_json(c) for c in h.charges]} for h in self.held
             ],
             "subjects": [list(s) for s in self.subjects],
             "refusal": {"status": self.refusal[0], "body": self.refusal[1]} if self.refusal else None,
@@ -68,16 +77,23 @@ class BatchReservation:
     def from_json(cls, data: dict[str, Any]) -> BatchReservation:
         refusal = data.get("refusal")
         return cls(
-            reservation_id=data.get("id"),
             at=float(data.get("at") or 0.0),
             admitted=int(data.get("admitted") or 0),
-            charges=[
-                Charge(c["key"], int(c["amount"]), c["limit"], tuple(c["window"]), int(c["ttl_s"]))
-                for c in data.get("charges") or ()
+            held=[
+                HeldReservation(h["id"], tuple(_charge_from(c) for c in h["charges"])) for h in data.get("held") or ()
             ],
             subjects=[(s[0], s[1]) for s in data.get("subjects") or ()],
             refusal=(int(refusal["status"]), refusal["body"]) if refusal else None,
         )
+
+
+def _charge_json(charge: Charge) -> dict[str, Any]:
+    return {"key": charge.key, "amount": charge.amount, "limit": charge.limit, "window": list(charge.window),
+            "ttl_s": charge.ttl_s}  # fmt: skip
+
+
+def _charge_from(data: dict[str, Any]) -> Charge:
+    return Charge(data["key"], int(data["amount"]), data["limit"], tuple(data["window"]), int(data["ttl_s"]))
 
 
 async def reserve_batch(
@@ -96,16 +112,16 @@ async def reserve_batch(
     try:
         check_model_allowed(call)
     except GatewayError as err:
-        return BatchReservation(None, now, 0, refusal=(err.status, err.envelope()))
+        return BatchReservation(now, 0, refusal=(err.status, err.envelope()))
     policies = enforcer.policies()
     budgets: list[tuple[BudgetRule, str]] = policies.budgets_for(call) if policies else []
     if not budgets:
-        return BatchReservation(None, now, total)
+        return BatchReservation(now, total)
     if unpriced and enforcer.settings.unpriced == "deny":
         err = PermissionDenied(
             f"model {call.model_asked!r} has no known price, so its budget cannot be enforced", code="unpriced_model"
         )
-        return BatchReservation(None, now, 0, refusal=(err.status, err.envelope()))
+        return BatchReservation(now, 0, refusal=(err.status, err.envelope()))
     prefix = [0]
     for cost in line_costs:
         prefix.append(prefix[-1] + cost)
@@ -115,15 +131,15 @@ async def reserve_batch(
     except CounterStoreUnavailable as exc:
         await search.release()
         enforcer.store_down(exc, call)  # raises when failing closed
-        return BatchReservation(None, now, total)
+        return BatchReservation(now, total)
     except BaseException:
         await search.release()
         raise
 
 
 async def settle_batch(enforcer: BudgetEnforcer, reservation: BatchReservation, usd: float) -> None:
-    """Replace the batch's reservation by what its lines cost (0 if none ran); alerts as for a call."""
-    if reservation.reservation_id is None:
+    """Replace the batch's reservations by what its lines cost (0 if none ran); alerts as for a call."""
+    if not reservation.held:
         return
     rules = {rule.id: rule for rule in (enforcer.policies().budgets if enforcer.policies() else ())}
     infos = []
@@ -131,12 +147,18 @@ async def settle_batch(enforcer: BudgetEnforcer, reservation: BatchReservation, 
         rule = rules.get(rule_id)  # a budget deleted meanwhile is still settled, without alerts
         win = window(rule.period, reservation.at, rule.timezone, rule.window_s) if rule is not None else None
         infos.append(ChargeInfo("budget", rule, subject, win, rule.scope if rule is not None else ""))
-    ticket = Ticket(reservation.reservation_id, reservation.charges, infos, Estimate(0, 0, None, None))
-    await enforcer.settle_spend(ticket, usd, 0, request_id=reservation.reservation_id)
+    for index, held in enumerate(reservation.held):
+        ticket = Ticket(held.reservation_id, list(held.charges), infos, Estimate(0, 0, None, None))
+        # the cost is settled on the first step; the others are released
+        await enforcer.settle_spend(ticket, usd if index == 0 else 0.0, 0, request_id=held.reservation_id)
 
 
 class _Bisection:
-    """Finds the longest prefix of lines whose summed worst case fits every budget, holding its reservation."""
+    """Finds the longest prefix of lines whose summed worst case fits every budget, holding its reservation.
+
+    Each successful probe reserves only the lines beyond those already held, so what
+    is held always adds up to the prefix that fits (never counted twice).
+    """
 
     def __init__(
         self,
@@ -153,40 +175,41 @@ class _Bisection:
         self.prefix = prefix
         self.now = now
         self.ttl_s = ttl_s
-        self.held: tuple[int, str, list[Charge]] | None = None
+        self.fits = 0
+        self.held: list[HeldReservation] = []
 
     async def run(self) -> BatchReservation:
         total = len(self.prefix) - 1
-        if await self._try(total):  # the common case: the whole batch fits, one round trip
-            return self._result(total, None)
-        fits, refused = 0, total
-        while refused - fits > 1:
-            middle = (fits + refused) // 2
-            if await self._try(middle):
-                fits = middle
-            else:
+        if await self._extend(total):  # the common case: the whole batch fits, one round trip
+            return self._result(None)
+        refused = total
+        while refused - self.fits > 1:
+            middle = (self.fits + refused) // 2
+            if not await self._extend(middle):
                 refused = middle
-        return self._result(fits, await self._refusal(fits, total))
+        return self._result(await self._refusal(total))
 
-    async def _try(self, lines: int) -> bool:
-        """Reserve the first ``lines`` lines' worst case; on success it replaces what was held."""
-        charges, _ = self.enforcer.budget_charges(self.budgets, self.prefix[lines], self.now)
+    async def _extend(self, lines: int) -> bool:
+        """Reserve lines ``fits+1 … lines`` on top of what is held; ``False`` if they do not fit."""
+        amount = self.prefix[lines] - self.prefix[self.fits]
+        charges, _ = self.enforcer.budget_charges(self.budgets, amount, self.now)
         reservation_id = "rsv_" + uuid.uuid4().hex
         admission = await self.enforcer.store.reserve(reservation_id, charges, self.ttl_s)
         if not admission.admitted:
             return False
-        await self.release()
-        self.held = (lines, reservation_id, charges)
+        self.held.append(HeldReservation(reservation_id, tuple(charges)))
+        self.fits = lines
         return True
 
     async def release(self) -> None:
-        if self.held is not None:
-            _, reservation_id, charges = self.held
-            self.held = None
-            await self.enforcer.store.settle(reservation_id, charges, [0] * len(charges))
+        """Give back everything held (the search failed half-way)."""
+        held, self.held = self.held, []
+        for piece in held:
+            await self.enforcer.store.settle(piece.reservation_id, piece.charges, [0] * len(piece.charges))
 
-    async def _refusal(self, fits: int, total: int) -> tuple[int, dict[str, Any]]:
+    async def _refusal(self, total: int) -> tuple[int, dict[str, Any]]:
         """The error of the first line that did not fit, as a call's refusal reads (scope, remaining, reset)."""
+        fits = self.fits
         amount = self.prefix[fits + 1] - self.prefix[fits]
         charges, infos = self.enforcer.budget_charges(self.budgets, amount, self.now)
         probe = "rsv_" + uuid.uuid4().hex
@@ -203,9 +226,6 @@ class _Bisection:
             err = self.enforcer.refusal(self.call, infos[index], charges[index], admission.totals[index], self.now)
         return err.status, err.envelope()
 
-    def _result(self, lines: int, refusal: tuple[int, dict[str, Any]] | None) -> BatchReservation:
-        if self.held is None:
-            return BatchReservation(None, self.now, lines, refusal=refusal)
-        _, reservation_id, charges = self.held
-        subjects = [(rule.id, subject) for rule, subject in self.budgets]
-        return BatchReservation(reservation_id, self.now, lines, charges, subjects, refusal)
+    def _result(self, refusal: tuple[int, dict[str, Any]] | None) -> BatchReservation:
+        subjects = [(rule.id, subject) for rule, subject in self.budgets] if self.held else []
+        return BatchReservation(self.now, self.fits, list(self.held), subjects, refusal)

@@ -80,7 +80,7 @@ def estimate(
         inputs = body.get("input")
         items = [inputs] if isinstance(inputs, str) else inputs if isinstance(inputs, list) else []
         tokens = sum(count_text(i) if isinstance(i, str) else len(i) if isinstance(i, list) else 1 for i in items)
-        usd = _dearest(call, call.targets, tokens, 0)
+        usd = _dearest(call, call.targets, tokens, 0, caches=False)
         return Estimate(tokens, 0, _plus(usd, spent), usd)
 
     first = call.targets[0] if call.targets else None
@@ -95,13 +95,14 @@ def estimate(
     n = body.get("n")
     choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
     output_tokens = cap * choices
-    usd, total_tokens = _over_attempts(call, attempts, input_tokens, output_tokens, cap)
-    input_usd = _dearest(call, call.targets, input_tokens, 0)
+    caches = has_breakpoints(call.body)
+    usd, total_tokens = _over_attempts(call, attempts, input_tokens, output_tokens, cap, caches)
+    input_usd = _dearest(call, call.targets, input_tokens, 0, caches=caches)
     return Estimate(input_tokens, output_tokens, _plus(usd, spent), input_usd, total_tokens)
 
 
 def _over_attempts(
-    call: Call, attempts: Sequence[PaidAttempt], input_tokens: int, output_tokens: int, cap: int
+    call: Call, attempts: Sequence[PaidAttempt], input_tokens: int, output_tokens: int, cap: int, caches: bool
 ) -> tuple[float | None, int]:
     """Dollars and tokens summed over the attempts, each at its dearest deployment."""
     usd: float | None = 0.0
@@ -112,7 +113,8 @@ def _over_attempts(
             sent += cap
         out = output_tokens if attempt.output_tokens is None else attempt.output_tokens
         tokens += sent + out
-        worst = _dearest(call, attempt.targets, sent, out)
+        # a judge's prompt is the gateway's own: never cached
+        worst = _dearest(call, attempt.targets, sent, out, caches=caches and attempt.input_tokens is None)
         usd = None if worst is None or usd is None else usd + worst
     return usd, tokens
 
@@ -130,9 +132,13 @@ def limited(body: dict[str, Any], cap: int, model: str) -> dict[str, Any]:
     return {**body, **over} if over else body
 
 
-def _dearest(call: Call, targets: Sequence[Any], input_tokens: int, output_tokens: int) -> float | None:
-    """The dearest of ``targets`` for this usage; ``None`` if any is unpriced (the worst case is unknown)."""
-    caches = call.kind == "chat" and has_breakpoints(call.body)
+def _dearest(
+    call: Call, targets: Sequence[Any], input_tokens: int, output_tokens: int, *, caches: bool
+) -> float | None:
+    """The dearest of ``targets`` for this usage; ``None`` if any is unpriced (the worst case is unknown).
+
+    ``caches``: the prompt carries cache breakpoints, so it may be billed as a cache write.
+    """
     worst: float | None = None
     for target in targets or ():
         sent = estimate_for_provider(input_tokens, target.deployment.provider)

@@ -128,7 +128,7 @@ async def _reservation(
         return BatchReservation.from_json(stored)
     gateway = worker.gateway
     if not gateway.settings.budgets.enabled or gateway.enforcement is None:
-        return BatchReservation(None, time.time(), validation.total)
+        return BatchReservation(time.time(), validation.total)
     kind = BATCH_ENDPOINTS[batch["endpoint"]]
     settings = gateway.settings.budgets
     enforcer = gateway.enforcement.enforcer

@@ -58,6 +58,8 @@ class AttemptPlanner:
         self.registry = registry
         self.routing = routing
         self._reachable: dict[tuple[str, ...], tuple[Target, ...]] = {}
+        #: no context/content-policy fallbacks configured: a chain reaches nothing beyond itself
+        self._closed = not (routing.context_fallbacks or routing.content_policy_fallbacks)
 
     def attempts(self, call: Call) -> list[PaidAttempt]:
         """The attempts of ``call``, in the order they may happen."""
@@ -70,7 +72,10 @@ class AttemptPlanner:
         judge = plan.settings.checks.judge_model
         if not judge or len(levels) < 2:
             return levels
-        judge_targets = self.reachable(self.registry.resolve(judge).targets, "chat")
+        entry = _resolve(self.registry, judge, "chat")
+        if entry is None:  # the cascade accepts answers when its judge is missing: no judge call is paid
+            return levels
+        judge_targets = self.reachable(entry.targets, "chat")
         judge_call = PaidAttempt(judge_targets, judge_prompt_tokens(call, judge), JUDGE_MAX_TOKENS, reads_answer=True)
         # a judge grades every answer but the last level's, which is returned as it is
         return [*levels, *([judge_call] * (len(levels) - 1))]
@@ -78,6 +83,8 @@ class AttemptPlanner:
     def reachable(self, chain: Iterable[Target], kind: str) -> tuple[Target, ...]:
         """``chain`` plus the deployments of every context/content-policy fallback reachable from it."""
         chain = tuple(chain)
+        if self._closed:
+            return chain
         names = tuple(dict.fromkeys(t.deployment.name for t in chain))
         key = (kind, *names)
         extra = self._reachable.get(key)
