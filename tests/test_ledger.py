@@ -302,7 +302,7 @@ async def test_schema_is_at_head_and_matches_the_live_table(ledger: SQLLedger) -
 
     async with ledger.engine.connect() as conn:
         revision, diff = await conn.run_sync(inspect)
-    assert revision == head == "0007_pair_rollup"
+    assert revision == head == "0008_owners"
     assert diff == []
 
 

@@ -5,13 +5,17 @@
 ``POST /v1/batches``, ``GET /v1/batches``, ``GET /v1/batches/{id}``,
 ``POST /v1/batches/{id}/cancel``. Objects and output/error files in OpenAI's
 formats, so the ``openai`` SDK works unchanged. A batch is one queued job of
-class ``batch``; a worker runs it (``tokenomy.jobs.batch_runner``).
+class ``batch``; a worker runs it (``tokenomy.jobs.batch_runner``) with the
+identity the submitting key binds, so its lines are charged to that key, team
+and org. Files and batches belong to the key that created them
+(``tokenomy.jobs.owner``): another key is answered 404.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -21,25 +25,31 @@ from starlette.responses import Response, StreamingResponse
 from tokenomy.api.http import (
     FORWARDED_HEADERS,
     JSONResponse,
-    authenticate,
+    caller_of,
     error_response,
     gateway_of,
     internal_error_response,
     read_json,
 )
 from tokenomy.api.jobs import jobs_of
+from tokenomy.budgets.keys import bound_headers
 from tokenomy.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from tokenomy.jobs.batch_files import BATCH_ENDPOINTS, batch_object
 from tokenomy.jobs.files import file_object
+from tokenomy.jobs.owner import Caller
 from tokenomy.jobs.store import Job
 
+Handler = Callable[[Request, Caller], Awaitable[Response]]
 
-def _guarded(handler: Any) -> Any:
+
+def _guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """The route for ``handler``: authenticated caller in, OpenAI error envelopes out."""
+
     async def endpoint(request: Request) -> Response:
         gateway = gateway_of(request)
         try:
-            await authenticate(request, gateway)
-            return await handler(request)
+            caller = await caller_of(request, gateway)
+            return await handler(request, caller)
         except GatewayError as err:
             return error_response(err)
         except Exception as exc:  # a bug: logged with its trace, reported as a clean 500
@@ -50,8 +60,23 @@ def _guarded(handler: Any) -> Any:
     return endpoint
 
 
+async def _visible_file(request: Request, caller: Caller, file_id: str, param: str = "file_id") -> dict[str, Any]:
+    """The file's record, if the caller may see it (404 otherwise, as for a file that does not exist)."""
+    record = await jobs_of(request).store.get_file(file_id)
+    if record is None or not caller.may_see(record.get("owner")):
+        raise NotFound(f"No such File object: {file_id}", param=param)
+    return record
+
+
+async def _visible_batch(request: Request, caller: Caller, batch_id: str) -> dict[str, Any]:
+    record = await jobs_of(request).store.get_batch(batch_id)
+    if record is None or not caller.may_see(record.get("owner")):
+        raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
+    return record
+
+
 @_guarded
-async def upload_file(request: Request) -> Response:
+async def upload_file(request: Request, caller: Caller) -> Response:
     """Multipart upload, spooled to disk by the parser and copied into the file store in chunks."""
     settings = gateway_of(request).settings.batches
     declared = request.headers.get("content-length")
@@ -68,7 +93,7 @@ async def upload_file(request: Request) -> Response:
             raise InvalidRequest("missing the 'purpose' field", param="purpose")
         try:
             record = await jobs_of(request).files.save_upload(
-                upload.file, upload.filename or "upload.jsonl", purpose, settings.max_file_bytes
+                upload.file, upload.filename or "upload.jsonl", purpose, settings.max_file_bytes, owner=caller.key_id
             )
         except ValueError as exc:
             raise PayloadTooLarge(str(exc)) from None
@@ -76,33 +101,33 @@ async def upload_file(request: Request) -> Response:
 
 
 @_guarded
-async def list_files(request: Request) -> Response:
+async def list_files(request: Request, caller: Caller) -> Response:
     purpose = request.query_params.get("purpose")
-    records = await jobs_of(request).store.list_files(purpose)
+    records = await jobs_of(request).store.list_files(purpose, owner=caller.scope)
     return JSONResponse({"object": "list", "data": [file_object(r) for r in records], "has_more": False})
 
 
 @_guarded
-async def get_file(request: Request) -> Response:
-    return JSONResponse(file_object(await jobs_of(request).files.get(request.path_params["file_id"])))
+async def get_file(request: Request, caller: Caller) -> Response:
+    return JSONResponse(file_object(await _visible_file(request, caller, request.path_params["file_id"])))
 
 
 @_guarded
-async def delete_file(request: Request) -> Response:
+async def delete_file(request: Request, caller: Caller) -> Response:
     file_id = request.path_params["file_id"]
-    await jobs_of(request).files.delete(file_id)
+    await jobs_of(request).files.remove(await _visible_file(request, caller, file_id))
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
 
 @_guarded
-async def file_content(request: Request) -> Response:
+async def file_content(request: Request, caller: Caller) -> Response:
     """The file's bytes, streamed."""
-    chunks = await jobs_of(request).files.stream(request.path_params["file_id"])
-    return StreamingResponse(chunks, media_type="application/jsonl")
+    record = await _visible_file(request, caller, request.path_params["file_id"])
+    return StreamingResponse(jobs_of(request).files.content(record), media_type="application/jsonl")
 
 
 @_guarded
-async def create_batch(request: Request) -> Response:
+async def create_batch(request: Request, caller: Caller) -> Response:
     gateway = gateway_of(request)
     body = await read_json(request, gateway.settings.server.max_body_bytes)
     service = jobs_of(request)
@@ -118,14 +143,14 @@ async def create_batch(request: Request) -> Response:
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise InvalidRequest("metadata must be an object", param="metadata")
-    record = await service.store.get_file(input_file_id)
-    if record is None:
-        raise NotFound(f"No such File object: {input_file_id}", param="input_file_id")
+    record = await _visible_file(request, caller, input_file_id, "input_file_id")
     if record["purpose"] != "batch":
         raise InvalidRequest(f"file {input_file_id} has purpose {record['purpose']!r}, not 'batch'", param="input_file_id")
     now = time.time()
     batch_id = "batch_" + uuid.uuid4().hex[:24]
     headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    # every line runs as the submitting key: its budgets, allowed models and rate limits apply
+    headers.update(bound_headers(caller.identity))
     batch = {
         "id": batch_id,
         "status": "validating",
@@ -146,6 +171,7 @@ async def create_batch(request: Request) -> Response:
         "execution": None,
         "upstream_id": None,
         "cost_usd": None,
+        "owner": caller.key_id,
     }
     await service.store.create_batch(batch)
     job = Job(
@@ -155,6 +181,7 @@ async def create_batch(request: Request) -> Response:
         body={"batch_id": batch_id},
         headers=headers,
         batch_id=batch_id,
+        owner=caller.key_id,
     )
     await service.submit(job)
     stored = await service.store.get_batch(batch_id)
@@ -163,21 +190,19 @@ async def create_batch(request: Request) -> Response:
 
 
 @_guarded
-async def get_batch(request: Request) -> Response:
-    batch_id = request.path_params["batch_id"]
-    record = await jobs_of(request).store.get_batch(batch_id)
-    if record is None:
-        raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
-    return JSONResponse(batch_object(record))
+async def get_batch(request: Request, caller: Caller) -> Response:
+    return JSONResponse(batch_object(await _visible_batch(request, caller, request.path_params["batch_id"])))
 
 
 @_guarded
-async def list_batches(request: Request) -> Response:
+async def list_batches(request: Request, caller: Caller) -> Response:
     try:
         limit = max(1, min(100, int(request.query_params.get("limit", "20"))))
     except ValueError:
         raise InvalidRequest("limit must be an integer", param="limit") from None
-    records = await jobs_of(request).store.list_batches(request.query_params.get("after"), limit + 1)
+    records = await jobs_of(request).store.list_batches(
+        request.query_params.get("after"), limit + 1, owner=caller.scope
+    )
     has_more = len(records) > limit
     data = [batch_object(r) for r in records[:limit]]
     return JSONResponse(
@@ -192,13 +217,11 @@ async def list_batches(request: Request) -> Response:
 
 
 @_guarded
-async def cancel_batch(request: Request) -> Response:
+async def cancel_batch(request: Request, caller: Caller) -> Response:
     """Ask for cancellation: ``cancelling`` until the worker stops it (``cancelled``)."""
     batch_id = request.path_params["batch_id"]
     store = jobs_of(request).store
-    record = await store.get_batch(batch_id)
-    if record is None:
-        raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
+    await _visible_batch(request, caller, batch_id)
     await store.update_batch(
         batch_id,
         only_if_status=("validating", "in_progress"),

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from tokenomy.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge
 from tokenomy.budgets.keys import looks_like_key
+from tokenomy.jobs.owner import Caller
 from tokenomy.pipeline.call import Call, Identity
 
 if TYPE_CHECKING:
@@ -123,6 +124,14 @@ async def authenticate(request: Request, gateway: Gateway) -> Identity | None:
     if not token:
         raise AuthenticationFailed("missing API key: send it as 'Authorization: Bearer <key>'")
     raise AuthenticationFailed("incorrect API key provided")
+
+
+async def caller_of(request: Request, gateway: Gateway) -> Caller:
+    """``authenticate``, and whether it was the master key (which sees every key's files, batches and jobs)."""
+    token = bearer_token(request)
+    if token and is_master(token, gateway.settings.server.master_key):
+        return Caller(master=True)
+    return Caller(identity=await authenticate(request, gateway))
 
 
 def new_call(

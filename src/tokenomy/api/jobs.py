@@ -1,7 +1,8 @@
 """Async jobs over HTTP: ``POST /v1/async/chat/completions`` (and ``/v1/async/embeddings``)
 answer ``202 Accepted`` with a job; ``GET /v1/async/jobs/{id}`` shows its status
 and, once done, its result; ``POST /v1/async/jobs/{id}/cancel`` cancels it if no
-worker has finished it.
+worker has finished it. A job belongs to the virtual key that submitted it
+(``tokenomy.jobs.owner``); another key is answered 404.
 
 A request to the normal endpoints whose ``x-tokenomy-priority`` (or feature
 policy) maps to ``async`` or ``batch`` is queued the same way. Optional
@@ -12,7 +13,7 @@ completion webhook: ``x-tokenomy-webhook-url: https://…`` (signed, retried; se
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,6 +24,7 @@ from tokenomy.api.http import (
     FORWARDED_HEADERS,
     JSONResponse,
     authenticate,
+    caller_of,
     error_response,
     gateway_of,
     internal_error_response,
@@ -33,6 +35,9 @@ from tokenomy.errors import GatewayError, InvalidRequest, NotFound, ServiceUnava
 from tokenomy.jobs.service import JobService, job_object, new_job_id
 from tokenomy.jobs.store import Job
 from tokenomy.jobs.traffic import traffic_class_for
+
+if TYPE_CHECKING:
+    from tokenomy.app import Gateway
 
 WEBHOOK_HEADER = "x-tokenomy-webhook-url"
 
@@ -97,6 +102,7 @@ async def queue_request(
         body=body,
         headers=headers,
         webhook_url=webhook,
+        owner=identity.key_id if identity is not None else None,
     )
     await service.submit(job)
     out = job_object(job)
@@ -106,14 +112,20 @@ async def queue_request(
     return JSONResponse(out, status_code=202, headers=response_headers)
 
 
+async def _visible_job(request: Request, gateway: Gateway) -> Job:
+    """The job, if the caller may see it: its submitter's key or the master key (404 otherwise)."""
+    caller = await caller_of(request, gateway)
+    job_id = request.path_params["job_id"]
+    job = await jobs_of(request).store.get_job(job_id)
+    if job is None or not caller.may_see(job.owner):
+        raise NotFound(f"No such job: {job_id}", param="job_id")
+    return job
+
+
 async def get_job(request: Request) -> Response:
     gateway = gateway_of(request)
     try:
-        await authenticate(request, gateway)
-        job = await jobs_of(request).store.get_job(request.path_params["job_id"])
-        if job is None:
-            raise NotFound(f"No such job: {request.path_params['job_id']}", param="job_id")
-        return JSONResponse(job_object(job))
+        return JSONResponse(job_object(await _visible_job(request, gateway)))
     except GatewayError as err:
         return error_response(err)
     except Exception as exc:
@@ -123,12 +135,8 @@ async def get_job(request: Request) -> Response:
 async def cancel_job(request: Request) -> Response:
     gateway = gateway_of(request)
     try:
-        await authenticate(request, gateway)
         store = jobs_of(request).store
-        job_id = request.path_params["job_id"]
-        job = await store.get_job(job_id)
-        if job is None:
-            raise NotFound(f"No such job: {job_id}", param="job_id")
+        job_id = (await _visible_job(request, gateway)).id
         await store.finish_job(job_id, "cancelled", error={"code": "cancelled", "message": "cancelled by the client"})
         job = await store.get_job(job_id)
         assert job is not None

@@ -40,6 +40,7 @@ from tokenomy.errors import (
 )
 from tokenomy.models import ModelRegistry
 from tokenomy.pipeline.call import Call
+from tokenomy.routing.attempts import AttemptPlanner
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,15 @@ class BudgetEnforcer:
         registry: ModelRegistry | None = None,
         alerts: AlertDispatcher | None = None,
         runaway: RunawayDetector | None = None,
+        planner: AttemptPlanner | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
         self.policies = policies
         self.registry = registry
+        #: what a call may pay for (fallbacks, cascade levels, judges); ``None``: one answer from its targets
+        self.planner = planner
         self.alerts = alerts
         self.runaway = runaway
         self.clock = clock
@@ -99,23 +103,18 @@ class BudgetEnforcer:
         *,
         downgraded: bool,
     ) -> Ticket | None:
-        est = estimate(call, self.settings.output_cap_tokens, enforce_cap=self.settings.enforce_output_cap)
+        est = estimate(
+            call, self.settings.output_cap_tokens, enforce_cap=self.settings.enforce_output_cap, planner=self.planner
+        )
         if est.usd is None and budgets and self.settings.unpriced == "deny":
             raise PermissionDenied(
                 f"model {call.model_asked!r} has no known price, so its budget cannot be enforced",
                 code="unpriced_model",
             )
         now = self.clock()
-        charges: list[Charge] = []
-        infos: list[ChargeInfo] = []
         p = self.prefix
         reserve_nano = to_nano(est.usd) if est.usd is not None else 0
-        for rule, subject in budgets:
-            win = window(rule.period, now, rule.timezone, rule.window_s)
-            limit = None if rule.mode == "soft" else to_nano(rule.amount_usd)
-            keys = tuple(f"{p}b:{rule.id}:{subject}:{bucket}" for bucket in win.buckets)
-            charges.append(Charge(keys[0], reserve_nano, limit, keys, win.ttl_s))
-            infos.append(ChargeInfo("budget", rule, subject, win, rule.scope))
+        charges, infos = self.budget_charges(budgets, reserve_nano, now)
         if limits:
             minute = window("rolling", now, seconds=MINUTE, slots=MINUTE_SLOTS)
             for limit_rule, subject in limits:
@@ -141,7 +140,7 @@ class BudgetEnforcer:
         try:
             admission = await self.store.reserve(ticket.reservation_id, charges, self.settings.reservation_ttl_s)
         except CounterStoreUnavailable as exc:
-            return self._store_down(exc, call)
+            return self.store_down(exc, call)
         if not admission.admitted:
             assert admission.refused is not None
             info = infos[admission.refused]
@@ -151,10 +150,25 @@ class BudgetEnforcer:
                 if self._downgrade(call, info.rule):
                     metrics.DOWNGRADED.labels(info.scope).inc()
                     return await self._admit(call, budgets, limits, meters, downgraded=True)
-            raise self._refusal(call, info, charge, total, now)
+            raise self.refusal(call, info, charge, total, now)
         ticket.headers = self._headers(charges, infos, admission.totals, now)
         ticket.charges = self._reporting(charges, infos, admission.totals)
         return ticket
+
+    def budget_charges(
+        self, budgets: list[tuple[BudgetRule, str]], amount_nano: int, now: float
+    ) -> tuple[list[Charge], list[ChargeInfo]]:
+        """One charge of ``amount_nano`` per budget, on the counters of its current window."""
+        charges: list[Charge] = []
+        infos: list[ChargeInfo] = []
+        p = self.prefix
+        for rule, subject in budgets:
+            win = window(rule.period, now, rule.timezone, rule.window_s)
+            limit = None if rule.mode == "soft" else to_nano(rule.amount_usd)
+            keys = tuple(f"{p}b:{rule.id}:{subject}:{bucket}" for bucket in win.buckets)
+            charges.append(Charge(keys[0], amount_nano, limit, keys, win.ttl_s))
+            infos.append(ChargeInfo("budget", rule, subject, win, rule.scope))
+        return charges, infos
 
     def _reporting(self, charges: list[Charge], infos: list[ChargeInfo], totals: tuple[int, ...]) -> list[Charge]:
         """Ask the settle for a budget's new total only if it may have crossed an alert threshold.
@@ -175,7 +189,8 @@ class BudgetEnforcer:
             out[index] = replace(charge, report=False)
         return out
 
-    def _store_down(self, exc: CounterStoreUnavailable, call: Call) -> None:
+    def store_down(self, exc: CounterStoreUnavailable, call: Call) -> None:
+        """The counter store failed: let the call through uncounted (fail open) or raise (closed)."""
         self.store_failures += 1
         mode = self.settings.fail_mode
         metrics.STORE_UNAVAILABLE.labels(mode).inc()
@@ -196,13 +211,16 @@ class BudgetEnforcer:
         except GatewayError:
             log.error("budget %s: downgrade model %r is not available", rule.id, rule.downgrade_to)
             return False
-        if call.targets and call.targets[0].deployment.name == entry.name:
+        cascade = call.annotations.get("cascade")
+        if cascade is None and call.targets and call.targets[0].deployment.name == entry.name:
             return False
         call.annotations["budget_downgraded_from"] = call.targets[0].deployment.name if call.targets else None
         call.targets = entry.targets
+        # the downgrade model answers alone: no escalation to the cascade's dearer levels
+        call.annotations.pop("cascade", None)
         return True
 
-    def _refusal(self, call: Call, info: ChargeInfo, charge: Charge, total: int, now: float) -> GatewayError:
+    def refusal(self, call: Call, info: ChargeInfo, charge: Charge, total: int, now: float) -> GatewayError:
         metrics.REJECTED.labels(info.kind, info.scope or "runaway").inc()
         if info.kind == "budget":
             rule: BudgetRule = info.rule
@@ -281,13 +299,19 @@ class BudgetEnforcer:
         """Replace the reservation with the actual cost (at least the input if the client left)."""
         if ticket is None or ticket.settled:
             return
-        ticket.settled = True
         usd = call.trace.total_usd or 0.0
         tokens = call.trace.usage().total_tokens
         if not call.trace.items and exc is not None and _client_left(exc) and call.provider is not None:
             # the request reached upstream and was abandoned: charge at least its input
             usd = ticket.estimate.input_usd or 0.0
             tokens = ticket.estimate.input_tokens
+        await self.settle_spend(ticket, usd, tokens, request_id=call.request_id)
+
+    async def settle_spend(self, ticket: Ticket, usd: float, tokens: int, *, request_id: str = "") -> None:
+        """Replace the reservation with ``usd`` spent and ``tokens`` used, once."""
+        if ticket.settled:
+            return
+        ticket.settled = True
         spent = to_nano(usd)
         actual = []
         for info in ticket.infos:
@@ -303,13 +327,13 @@ class BudgetEnforcer:
             totals = await self.store.settle(ticket.reservation_id, ticket.charges, actual)
         except CounterStoreUnavailable as exc_store:
             # the reservation expires on its own; the ledger still has the cost for reconciliation
-            log.error("settling %s failed (%s); its reservation will expire", call.request_id, exc_store)
+            log.error("settling %s failed (%s); its reservation will expire", request_id or ticket.reservation_id, exc_store)
             return
         await self._after_settle(ticket, totals)
 
     async def _after_settle(self, ticket: Ticket, totals: tuple[int, ...]) -> None:
         for info, charge, total in zip(ticket.infos, ticket.charges, totals):
-            if info.kind == "budget" and self.thresholds is not None:
+            if info.kind == "budget" and self.thresholds is not None and info.rule is not None:
                 await self.thresholds.check(info, total)
             elif info.kind == "meter" and self.runaway is not None:
                 await self.runaway.observe(info.scope, info.subject)

@@ -24,6 +24,7 @@ from tokenomy.budgets.reconcile import reconcile
 from tokenomy.budgets.runaway import RunawayDetector
 from tokenomy.config import Settings, resolve_secret
 from tokenomy.models import ModelRegistry
+from tokenomy.routing.attempts import AttemptPlanner
 from tokenomy.store.access import AccessStore
 from tokenomy.store.ledger import Ledger
 
@@ -127,6 +128,13 @@ def build_enforcement(
         else None
     )
     enforcer = BudgetEnforcer(
-        settings.budgets, counters, book.current, registry=registry, alerts=alerts, runaway=runaway, clock=clock
+        settings.budgets,
+        counters,
+        book.current,
+        registry=registry,
+        alerts=alerts,
+        runaway=runaway,
+        planner=AttemptPlanner(registry, settings.routing),
+        clock=clock,
     )
     return Enforcement(access, keys, book, counters, alerts, enforcer, settings, ledger, clock)

@@ -1,11 +1,13 @@
 """``BudgetStage``: reserve the worst case before the upstream call, settle the actual cost after.
 
-Sits after identify/resolve (it needs who pays and which model) and before
-everything that may spend money (cache embeddings, routing classifiers,
-execute), so every endpoint that costs money goes through it — there is no
-side door. Streams are settled in ``reply.on_finish``, after the execute
-stage has priced what was streamed; a client that disconnects is charged what
-was consumed, at least its input.
+Sits last before execute: it needs who pays, the deployments routing chose and
+the output cap the token stage set. Every endpoint that costs money goes
+through it — there is no side door. What the call already spent on its way
+here (a summary of older turns, cache embeddings) is part of its reservation,
+and so is every answer the executor may pay for: fallbacks, every cascade
+level and its judge calls (``routing.attempts``). Streams are settled in
+``reply.on_finish``, after the execute stage has priced what was streamed; a
+client that disconnects is charged what was consumed, at least its input.
 """
 
 from __future__ import annotations

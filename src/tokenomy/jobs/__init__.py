@@ -7,6 +7,8 @@
 - ``store.JobStore``: jobs, files and batches in SQL (the ledger's database by default).
 - ``worker.JobWorker``: takes jobs off the queue and runs them through the same
   pipeline as real-time calls (``tokenomy worker``, or inside ``tokenomy serve``).
-- ``batch_runner`` (``batch_files``, ``batch_local``, ``batch_upstream``): a batch run by the gateway, or passed
-  through to OpenAI's Batch API or Anthropic's Message Batches.
+- ``batch_runner`` (``batch_files``, ``batch_local``, ``batch_passthrough`` over
+  ``batch_upstream``): a batch run by the gateway, or passed through to OpenAI's
+  Batch API or Anthropic's Message Batches.
+- ``owner``: files, batches and jobs belong to the virtual key that created them.
 """

@@ -158,17 +158,18 @@ async def finalize(
     cost: float | None,
     *,
     cancelled: bool = False,
+    owner: str | None = None,
 ) -> None:
-    """Register the output and error files and close the batch (``completed`` or ``cancelled``)."""
+    """Register the output and error files (``owner``'s, the batch's) and close the batch."""
     files = worker.service.files
     values: dict[str, Any] = {"cost_usd": cost}
     if output_path.exists() and output_path.stat().st_size:
-        await files.register(output_id, output_path, f"{batch_id}_output.jsonl", "batch_output")
+        await files.register(output_id, output_path, f"{batch_id}_output.jsonl", "batch_output", owner=owner)
         values["output_file_id"] = output_id
     else:
         output_path.unlink(missing_ok=True)
     if error_path.exists() and error_path.stat().st_size:
-        await files.register(error_id, error_path, f"{batch_id}_error.jsonl", "batch_output")
+        await files.register(error_id, error_path, f"{batch_id}_error.jsonl", "batch_output", owner=owner)
         values["error_file_id"] = error_id
     else:
         error_path.unlink(missing_ok=True)

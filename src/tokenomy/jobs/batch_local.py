@@ -1,14 +1,22 @@
 """A batch run by the gateway itself, through its own pipeline.
 
 Each line is a ``Call`` (``traffic_class="batch"``) that goes through every
-stage — budgets, cache and routing apply as for any call —
-``batches.local_concurrency`` at a time, read from the input file in blocks and
+stage — budgets, cache and routing apply as for any call — with the identity
+the submitting key binds (its key, team and org budgets, allowed models and
+rate limits), ``batches.local_concurrency`` at a time, read from the input file in blocks and
 appended to the output and error files as answers arrive. Lines with identical
 request bodies are computed once and the answer copied to each (counted in
 ``request_counts.deduplicated``). Each line's ledger row has the id
 ``<batch id>-<line number>``, so a batch re-run after its worker died is not
-charged twice for the lines it had done. Cancellation is checked with the
+charged twice for the lines it had done (a failed try is recorded as
+``<batch id>-<line number>.attempt<n>``). Cancellation is checked with the
 progress counts, every ``PROGRESS_INTERVAL_S``.
+
+A line refused by one of the gateway's rate limits (requests or tokens per
+minute, concurrency) waits for the limit's ``retry-after`` and tries again — a
+batch is paced, not failed, by its key's rate limits — until the batch expires
+or is cancelled. A line refused by a budget fails at once (``budget_exceeded``
+in the error file): the budget does not come back before its period ends.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tokenomy.errors import GatewayError
+from tokenomy.budgets.keys import bound_identity
+from tokenomy.errors import GatewayError, RateLimitExceeded
 from tokenomy.jobs.batch_files import BATCH_ENDPOINTS, Validation, digest, finalize, iter_lines, output_line
 from tokenomy.jobs.files import new_file_id
 from tokenomy.pipeline.call import Call
@@ -33,6 +42,8 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.5
 READ_BLOCK = 512
+#: the longest a rate-limited line sleeps before trying again (the limits are per minute)
+MAX_RATE_LIMIT_WAIT_S = 60.0
 
 
 class LocalBatch:
@@ -130,24 +141,56 @@ class LocalBatch:
         else:
             self._remaining[key] = left
 
-    async def _execute(self, number: int, body: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
+    def _call(self, number: int, body: dict[str, Any], attempt: int) -> Call:
+        headers = dict(self.batch.get("headers") or {})
         call = Call(
             kind=self.kind,
             body=body,
             model_asked=body["model"],
             request_id=f"{self.batch['id']}-{number}",
-            headers=dict(self.batch.get("headers") or {}),
+            headers=headers,
             traffic_class="batch",
         )
+        call.identity = bound_identity(headers)  # the submitting key, if any
         call.annotations["batch_id"] = self.batch["id"]
+        call.annotations["failed_attempt_id"] = f"{call.request_id}.attempt{attempt}"
+        return call
+
+    def _rate_limit_wait(self, err: RateLimitExceeded) -> float | None:
+        """Seconds to wait before trying a rate-limited line again; ``None``: give up (expired, cancelled)."""
         try:
-            reply = await self.gateway.pipeline.run(call)
-        except GatewayError as exc:
-            return exc.status, exc.envelope(), call.request_id
-        except Exception as exc:  # a bug: this line fails, the batch goes on
-            log.exception("batch %s line %d failed", self.batch["id"], number)
-            return 500, {"error": {"message": f"internal error: {type(exc).__name__}", "type": "server_error",
-                                   "param": None, "code": "internal_error"}}, call.request_id
+            wait = float(err.headers.get("retry-after", "1"))
+        except ValueError:
+            wait = 1.0
+        wait = min(max(wait, 0.05), MAX_RATE_LIMIT_WAIT_S)
+        expires_at = self.batch.get("expires_at")
+        if self.cancelled or (expires_at is not None and time.time() + wait > expires_at):
+            return None
+        return wait
+
+    async def _execute(self, number: int, body: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
+        attempt = 1
+        while True:
+            call = self._call(number, body, attempt)
+            try:
+                reply = await self.gateway.pipeline.run(call)
+            except RateLimitExceeded as exc:
+                wait = self._rate_limit_wait(exc)
+                if wait is None:
+                    return exc.status, exc.envelope(), call.request_id
+                await asyncio.sleep(wait)
+                attempt += 1
+                continue
+            except GatewayError as exc:
+                return exc.status, exc.envelope(), call.request_id
+            except Exception as exc:  # a bug: this line fails, the batch goes on
+                log.exception("batch %s line %d failed", self.batch["id"], number)
+                return 500, {"error": {"message": f"internal error: {type(exc).__name__}", "type": "server_error",
+                                       "param": None, "code": "internal_error"}}, call.request_id
+            break
+        return self._answered(call, reply)
+
+    def _answered(self, call: Call, reply: Any) -> tuple[int, dict[str, Any], str]:
         assert isinstance(reply, Completion)
         answer = dict(reply.body)
         usage = answer.get("usage")
@@ -176,7 +219,7 @@ class LocalBatch:
             deduplicated=self.deduplicated,
         )
         await finalize(self.worker, self.batch["id"], self.output_id, self.output_path, self.error_id,
-                       self.error_path, self.cost, cancelled=self.cancelled)
+                       self.error_path, self.cost, cancelled=self.cancelled, owner=self.batch.get("owner"))
 
 
 def _take(lines: Iterator[Any], n: int) -> list[Any]:

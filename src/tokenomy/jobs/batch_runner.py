@@ -4,7 +4,8 @@ Called by the worker for a job of kind ``batch``. The input file is validated in
 one streamed pass (``batch_files``); then the batch runs either through the
 gateway's own pipeline (``batch_local``) or, when all its lines use one model
 whose provider has a batch API, through that API at its batch prices
-(``batch_upstream``: OpenAI Batch, Anthropic Message Batches). ``batches.mode``
+(``batch_passthrough`` over ``batch_upstream``: OpenAI Batch, Anthropic Message
+Batches). ``batches.mode``
 decides (``auto``, ``local``, ``passthrough``).
 """
 
@@ -79,7 +80,7 @@ async def run_batch_job(worker: JobWorker, job: Job, delivery: Delivery) -> None
 
         await LocalBatch(worker, batch, input_path, validation).run()
     else:
-        from tokenomy.jobs.batch_upstream import run_upstream_batch
+        from tokenomy.jobs.batch_passthrough import run_upstream_batch
 
         await run_upstream_batch(worker, batch, input_path, validation, execution)
     await store.finish_job(job.id, "completed", result={"batch_id": batch["id"]})

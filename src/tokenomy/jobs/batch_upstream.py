@@ -1,4 +1,4 @@
-"""Batches passed through to a provider's batch API, at the provider's batch prices.
+"""Providers' batch APIs: OpenAI Batch and Anthropic Message Batches, in their wire formats.
 
 - **OpenAI Batch**: the input file is rewritten line by line (public model name →
   upstream model id) into a temporary file, uploaded (``POST /files``,
@@ -12,37 +12,25 @@
   from a temporary file, polled, and its results JSONL translated back to
   OpenAI's batch output format.
 
-Every result line is priced with ``cost_usd(…, batch=True)`` and recorded in the
-ledger (``traffic_class="batch"``, step ``batch_generation``, request id
-``<batch id>:<custom id>``: a batch resumed after a worker died is not charged
-twice). The upstream batch id is saved as soon as it exists, so a worker that
-takes over a batch resumes polling instead of submitting it again.
-
-Upstream, these lines skip the pipeline's execute stage by nature (the provider
-runs them); they are identified, priced and recorded like any call.
+Both speak the same small contract (``BatchAPI``: submit, poll, cancel,
+results); running a batch through one of them — budgets, pricing, recording —
+is ``batch_passthrough``'s job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import orjson
 
 from tokenomy.errors import GatewayError, UpstreamError, UpstreamTimeout
-from tokenomy.jobs.batch_files import BATCH_ENDPOINTS, Validation, finalize, iter_lines, output_line
-from tokenomy.jobs.files import new_file_id
-from tokenomy.models import Target
-from tokenomy.pipeline.call import Call
-from tokenomy.pipeline.execute import charge
-from tokenomy.pipeline.identify import identity_from
-from tokenomy.pipeline.record import RecordStage
+from tokenomy.jobs.batch_files import iter_lines
 from tokenomy.providers.anthropic import ANTHROPIC_VERSION
 from tokenomy.providers.anthropic import DEFAULT_BASE_URL as ANTHROPIC_BASE_URL
 from tokenomy.providers.anthropic_format import anthropic_to_openai_response, openai_to_anthropic_request
@@ -52,10 +40,13 @@ from tokenomy.providers.http import upstream_status_error
 from tokenomy.providers.openai import DEFAULT_BASE_URL as OPENAI_BASE_URL
 from tokenomy.providers.usage import Usage
 
-if TYPE_CHECKING:
-    from tokenomy.jobs.worker import JobWorker
-
 log = logging.getLogger(__name__)
+
+#: the upstream id of a batch none of whose lines was sent (all refused before submission)
+NOTHING_SENT = "none"
+
+#: the request as it is sent upstream (the output cap that was reserved applied)
+Prepare = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(slots=True)
@@ -119,7 +110,8 @@ class BatchAPI:
         finally:
             response.release()
 
-    async def submit(self, input_path: Path, batch: dict[str, Any]) -> str:
+    async def submit(self, input_path: Path, batch: dict[str, Any], lines: int, prepare: Prepare) -> str:
+        """Send the first ``lines`` lines of the input, each body through ``prepare``; the upstream batch id."""
         raise NotImplementedError
 
     async def poll(self, upstream_id: str) -> UpstreamState:
@@ -142,15 +134,17 @@ class OpenAIBatchAPI(BatchAPI):
             headers["authorization"] = f"Bearer {self.deployment.api_key}"
         return headers
 
-    async def submit(self, input_path: Path, batch: dict[str, Any]) -> str:
+    async def submit(self, input_path: Path, batch: dict[str, Any], lines: int, prepare: Prepare) -> str:
         upstream_model = self.deployment.upstream_model
         translated = self.scratch / f"{batch['id']}-openai.jsonl"
 
         def rewrite() -> None:
             with open(translated, "wb") as out:
-                for _, item, _ in iter_lines(input_path):
+                for index, (_, item, _) in enumerate(iter_lines(input_path)):
+                    if index >= lines:
+                        break
                     assert item is not None
-                    item["body"] = {**item["body"], "model": upstream_model}
+                    item["body"] = {**prepare(item["body"]), "model": upstream_model}
                     out.write(orjson.dumps(item) + b"\n")
 
         await asyncio.to_thread(rewrite)
@@ -191,6 +185,8 @@ class OpenAIBatchAPI(BatchAPI):
         await self._json("POST", self._url(f"batches/{upstream_id}/cancel"), headers=self._headers())
 
     async def results(self, upstream_id: str, input_path: Path) -> AsyncIterator[ResultLine]:
+        if upstream_id == NOTHING_SENT:
+            return
         data = getattr(self, "_last", None) or await self._json(
             "GET", self._url(f"batches/{upstream_id}"), headers=self._headers()
         )
@@ -225,7 +221,7 @@ class AnthropicBatchAPI(BatchAPI):
     #: lines refused by the translation (never sent): written to the error file with the results
     refused: list[ResultLine]
 
-    async def submit(self, input_path: Path, batch: dict[str, Any]) -> str:
+    async def submit(self, input_path: Path, batch: dict[str, Any], lines: int, prepare: Prepare) -> str:
         deployment = self.deployment
         default_max = int(deployment.options.get("default_max_tokens") or DEFAULT_MAX_TOKENS)
         body_path = self.scratch / f"{batch['id']}-anthropic.json"
@@ -235,10 +231,12 @@ class AnthropicBatchAPI(BatchAPI):
             count = 0
             with open(body_path, "wb") as out:
                 out.write(b'{"requests":[')
-                for number, item, _ in iter_lines(input_path):
+                for index, (number, item, _) in enumerate(iter_lines(input_path)):
+                    if index >= lines:
+                        break
                     assert item is not None
                     try:
-                        params = openai_to_anthropic_request(item["body"], deployment.upstream_model,
+                        params = openai_to_anthropic_request(prepare(item["body"]), deployment.upstream_model,
                                                              default_max_tokens=default_max)
                     except GatewayError as err:
                         self.refused.append(ResultLine(item["custom_id"], err.status, err.envelope(), None))
@@ -252,7 +250,7 @@ class AnthropicBatchAPI(BatchAPI):
         try:
             sent = await asyncio.to_thread(build)
             if not sent:
-                return "none"
+                return NOTHING_SENT
             with open(body_path, "rb") as handle:
                 headers = {**self._headers(), "content-type": "application/json"}
                 created = await self._json("POST", self._url("messages/batches"), data=handle, headers=headers)
@@ -261,7 +259,7 @@ class AnthropicBatchAPI(BatchAPI):
         return str(created["id"])
 
     async def poll(self, upstream_id: str) -> UpstreamState:
-        if upstream_id == "none":
+        if upstream_id == NOTHING_SENT:
             return UpstreamState("ended")
         data = await self._json("GET", self._url(f"messages/batches/{upstream_id}"), headers=self._headers())
         self._last = data
@@ -271,13 +269,13 @@ class AnthropicBatchAPI(BatchAPI):
         return UpstreamState(status, int(counts.get("succeeded") or 0), failed)
 
     async def cancel(self, upstream_id: str) -> None:
-        if upstream_id != "none":
+        if upstream_id != NOTHING_SENT:
             await self._json("POST", self._url(f"messages/batches/{upstream_id}/cancel"), headers=self._headers())
 
     async def results(self, upstream_id: str, input_path: Path) -> AsyncIterator[ResultLine]:
         for line in getattr(self, "refused", []):
             yield line
-        if upstream_id == "none":
+        if upstream_id == NOTHING_SENT:
             return
         ids = await asyncio.to_thread(
             lambda: {f"r{number}": item["custom_id"] for number, item, _ in iter_lines(input_path) if item}
@@ -309,89 +307,7 @@ class AnthropicBatchAPI(BatchAPI):
 BATCH_APIS: dict[str, type[BatchAPI]] = {"openai": OpenAIBatchAPI, "anthropic": AnthropicBatchAPI}
 
 
-async def run_upstream_batch(
-    worker: JobWorker, batch: dict[str, Any], input_path: Path, validation: Validation, execution: str
-) -> None:
-    gateway = worker.gateway
-    store = worker.service.store
-    kind = BATCH_ENDPOINTS[batch["endpoint"]]
-    entry = gateway.registry.resolve(next(iter(validation.models)), kind)
-    target = entry.primary
-    provider = gateway.providers[target.deployment.provider]
-    session: aiohttp.ClientSession = provider.http.session  # type: ignore[attr-defined]
-    scratch = Path(worker.service.files.directory)
-    scratch.mkdir(parents=True, exist_ok=True)
-    api = BATCH_APIS[execution](target.deployment, session, scratch)
-
-    upstream_id = batch.get("upstream_id")
-    if not upstream_id:
-        upstream_id = await api.submit(input_path, batch)
-        await store.update_batch(batch["id"], upstream_id=upstream_id)
-    cancel_sent = False
-    interval = gateway.settings.batches.upstream_poll_interval_s
-    while True:
-        state = await api.poll(upstream_id)
-        await store.update_batch(batch["id"], completed=state.completed, failed=state.failed)
-        if state.status != "in_progress":
-            break
-        record = await store.get_batch(batch["id"])
-        if record is not None and record["status"] == "cancelling" and not cancel_sent:
-            await api.cancel(upstream_id)
-            cancel_sent = True
-        await asyncio.sleep(interval)
-    record = await store.get_batch(batch["id"])
-    cancelled = state.status == "cancelled" or (record is not None and record["status"] == "cancelling")
-    if state.status == "failed":
-        await store.update_batch(batch["id"], status="failed", failed_at=time.time(),
-                                 errors=state.errors or [{"code": "upstream_failed", "message": "failed upstream"}])
-        return
-    await store.update_batch(batch["id"], finalizing_at=time.time())
-    await _collect(worker, batch, api, upstream_id, input_path, target, cancelled)
-
-
-async def _collect(
-    worker: JobWorker, batch: dict[str, Any], api: BatchAPI, upstream_id: str, input_path: Path, target: Target,
-    cancelled: bool,
-) -> None:
-    """Stream the upstream results into our output/error files, pricing and recording each line."""
-    gateway = worker.gateway
-    files = worker.service.files
-    recorder = RecordStage(gateway.recorders)
-    kind = BATCH_ENDPOINTS[batch["endpoint"]]
-    output_id, error_id = new_file_id(), new_file_id()
-    output_path, error_path = files.path_for(output_id), files.path_for(error_id)
-    completed = failed = 0
-    total_cost: float | None = 0.0
-    headers = dict(batch.get("headers") or {})
-    model = target.deployment.name
-    with open(output_path, "wb") as out, open(error_path, "wb") as err:
-        async for line in api.results(upstream_id, input_path):
-            request_id = f"{batch['id']}:{line.custom_id}"
-            if line.status != 200:
-                failed += 1
-                err.write(output_line(line.custom_id, request_id, line.status, line.body))
-                continue
-            call = Call(kind=kind, body={}, model_asked=model, request_id=request_id, headers=headers,
-                        traffic_class="batch", batch_priced=True)
-            call.identity = identity_from(call)
-            call.targets, call.baseline_price = (target,), target.price
-            call.model_served, call.provider = target.deployment.name, target.deployment.provider
-            charge(call, target, "generation", line.usage or Usage())
-            call.annotations["batch_id"] = batch["id"]
-            recorder.record(call)
-            body = dict(line.body)
-            body["model"] = model
-            usage = body.get("usage")
-            if isinstance(usage, dict):
-                body["usage"] = {**usage, "cost_usd": call.trace.total_usd, "baseline_cost_usd": call.trace.baseline_usd}
-            cost = call.trace.total_usd
-            total_cost = None if cost is None or total_cost is None else total_cost + cost
-            completed += 1
-            out.write(output_line(line.custom_id, request_id, 200, body))
-    if gateway.writer is not None:
-        await gateway.writer.flush()
-    await worker.service.store.update_batch(batch["id"], completed=completed, failed=failed)
-    await finalize(worker, batch["id"], output_id, output_path, error_id, error_path, total_cost, cancelled=cancelled)
-
-
-__all__ = ["AnthropicBatchAPI", "OpenAIBatchAPI", "run_upstream_batch"]
+__all__ = [
+    "BATCH_APIS", "NOTHING_SENT", "AnthropicBatchAPI", "BatchAPI", "OpenAIBatchAPI", "Prepare", "ResultLine",
+    "UpstreamState",
+]

@@ -49,8 +49,13 @@ class FileStore:
     def path_for(self, file_id: str) -> Path:
         return self.directory / f"{file_id}.jsonl"
 
-    async def save_upload(self, source: IO[bytes], filename: str, purpose: str, max_bytes: int) -> dict[str, Any]:
-        """Copy an uploaded (spooled) file into the store; raises ``ValueError`` beyond ``max_bytes``."""
+    async def save_upload(
+        self, source: IO[bytes], filename: str, purpose: str, max_bytes: int, *, owner: str | None = None
+    ) -> dict[str, Any]:
+        """Copy an uploaded (spooled) file into the store; raises ``ValueError`` beyond ``max_bytes``.
+
+        ``owner``: the virtual key uploading it (see ``jobs.owner``).
+        """
         file_id = new_file_id()
         path = self.path_for(file_id)
         size = await asyncio.to_thread(_copy, source, path, max_bytes)
@@ -62,12 +67,15 @@ class FileStore:
             "created_at": time.time(),
             "path": str(path),
             "status": "processed",
+            "owner": owner,
         }
         await self.store.create_file(record)
         return record
 
-    async def register(self, file_id: str, path: Path, filename: str, purpose: str) -> dict[str, Any]:
-        """Describe a file the gateway wrote itself (batch output and error files)."""
+    async def register(
+        self, file_id: str, path: Path, filename: str, purpose: str, *, owner: str | None = None
+    ) -> dict[str, Any]:
+        """Describe a file the gateway wrote itself (batch output and error files, owned by the batch's owner)."""
         record = {
             "id": file_id,
             "filename": filename,
@@ -76,6 +84,7 @@ class FileStore:
             "created_at": time.time(),
             "path": str(path),
             "status": "processed",
+            "owner": owner,
         }
         await self.store.create_file(record)
         return record
@@ -87,12 +96,18 @@ class FileStore:
         return record
 
     async def stream(self, file_id: str) -> AsyncIterator[bytes]:
-        record = await self.get(file_id)
+        return self.content(await self.get(file_id))
+
+    def content(self, record: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The bytes of a file found with ``get``, streamed."""
         return _chunks(Path(record["path"]))
 
     async def delete(self, file_id: str) -> None:
-        record = await self.get(file_id)
-        await self.store.delete_file(file_id)
+        await self.remove(await self.get(file_id))
+
+    async def remove(self, record: dict[str, Any]) -> None:
+        """Delete a file found with ``get``: its row, then its bytes."""
+        await self.store.delete_file(record["id"])
         try:
             os.unlink(record["path"])
         except FileNotFoundError:

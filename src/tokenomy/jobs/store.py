@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tokenomy.jobs.group_commit import GroupCommit
+from tokenomy.jobs.owner import ANY_OWNER, OwnerFilter
 from tokenomy.jobs.tables import BATCHES, FILES, JOBS
 from tokenomy.store.ledger import LedgerRow
 from tokenomy.store.migrations import upgrade_head
@@ -53,6 +54,8 @@ class Job:
     webhook_attempts: int = 0
     webhook_error: str | None = None
     batch_id: str | None = None
+    #: the virtual key that submitted it (``None``: master key or open gateway; see ``jobs.owner``)
+    owner: str | None = None
 
     @property
     def done(self) -> bool:
@@ -204,8 +207,10 @@ class JobStore:
             row = (await conn.execute(sa.select(FILES).where(FILES.c.id == file_id))).mappings().first()
         return dict(row) if row is not None else None
 
-    async def list_files(self, purpose: str | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
-        stmt = sa.select(FILES).order_by(FILES.c.created_at.desc()).limit(limit)
+    async def list_files(
+        self, purpose: str | None = None, limit: int = 10_000, *, owner: OwnerFilter = ANY_OWNER
+    ) -> list[dict[str, Any]]:
+        stmt = _owned(sa.select(FILES), FILES, owner).order_by(FILES.c.created_at.desc()).limit(limit)
         if purpose:
             stmt = stmt.where(FILES.c.purpose == purpose)
         async with self.engine.connect() as conn:
@@ -226,8 +231,11 @@ class JobStore:
             row = (await conn.execute(sa.select(BATCHES).where(BATCHES.c.id == batch_id))).mappings().first()
         return dict(row) if row is not None else None
 
-    async def list_batches(self, after: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        stmt = sa.select(BATCHES).order_by(BATCHES.c.created_at.desc(), BATCHES.c.id.desc()).limit(limit)
+    async def list_batches(
+        self, after: str | None = None, limit: int = 20, *, owner: OwnerFilter = ANY_OWNER
+    ) -> list[dict[str, Any]]:
+        stmt = _owned(sa.select(BATCHES), BATCHES, owner)
+        stmt = stmt.order_by(BATCHES.c.created_at.desc(), BATCHES.c.id.desc()).limit(limit)
         if after:
             anchor = await self.get_batch(after)
             if anchor is not None:
@@ -248,3 +256,12 @@ class JobStore:
         async with self.engine.begin() as conn:
             result = await conn.execute(stmt.values(**values))
             return bool(result.rowcount)
+
+
+def _owned(stmt: Any, table: sa.Table, owner: OwnerFilter) -> Any:
+    """``stmt`` restricted to ``owner``'s rows (``None``: rows without an owner)."""
+    if owner is ANY_OWNER:
+        return stmt
+    if owner is None:
+        return stmt.where(table.c.owner.is_(None))
+    return stmt.where(table.c.owner == owner)

@@ -32,6 +32,8 @@ JOBS = sa.Table(
     sa.Column("webhook_attempts", sa.Integer(), nullable=False),
     sa.Column("webhook_error", sa.Text(), nullable=True),
     sa.Column("batch_id", sa.String(), nullable=True),
+    #: the virtual key that submitted it (``None``: master key or open gateway)
+    sa.Column("owner", sa.String(), nullable=True),
     sa.Index("ix_jobs_status_created", "status", "created_at"),
 )
 
@@ -61,6 +63,8 @@ FILES = sa.Table(
     sa.Column("created_at", sa.Float(), nullable=False),
     sa.Column("path", sa.String(), nullable=False),
     sa.Column("status", sa.String(), nullable=False),
+    sa.Column("owner", sa.String(), nullable=True),
+    sa.Index("ix_files_owner_created", "owner", "created_at"),
 )
 
 BATCHES = sa.Table(
@@ -91,5 +95,9 @@ BATCHES = sa.Table(
     sa.Column("execution", sa.String(), nullable=True),
     sa.Column("upstream_id", sa.String(), nullable=True),
     sa.Column("cost_usd", sa.Float(), nullable=True),
+    sa.Column("owner", sa.String(), nullable=True),
+    #: a pass-through batch's budget reservation (``tokenomy.budgets.batch``)
+    sa.Column("reservation", sa.JSON(), nullable=True),
     sa.Index("ix_batches_created", "created_at"),
+    sa.Index("ix_batches_owner_created", "owner", "created_at"),
 )

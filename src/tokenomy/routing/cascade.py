@@ -34,6 +34,10 @@ JUDGE_PROMPT = (
     "You grade answers. Reply with exactly YES if the answer below fully and correctly answers the "
     "question, otherwise NO.\n\nQuestion:\n{question}\n\nAnswer:\n{answer}"
 )
+#: The judge answers YES or NO: this is all it may write (and all a budget reserves for it).
+JUDGE_MAX_TOKENS = 3
+#: Re-tokenized inside the judge's prompt, an answer may take a token or two more than it did as output.
+_ANSWER_BOUNDARY_TOKENS = 2
 
 
 def answer_text(body: dict[str, Any]) -> tuple[str, bool]:
@@ -81,16 +85,26 @@ def _strip_fence(text: str) -> str:
     return text
 
 
-async def _judge(stage: ResilientExecuteStage, call: Call, judge: str, answer: str) -> bool:
-    """Ask the judge model; its cost goes into the call's trace as a ``judge`` item."""
+def judge_messages(call: Call, answer: str) -> list[dict[str, Any]]:
+    """The judge's prompt for ``answer`` to the call's last question."""
     from tokenomy.routing.prompt import last_user_text
 
+    return [{"role": "user", "content": JUDGE_PROMPT.format(question=last_user_text(call.body), answer=answer)}]
+
+
+def judge_prompt_tokens(call: Call, judge: str) -> int:
+    """Prompt tokens of one judge call, without the answer it grades (at most the call's output cap)."""
+    from tokenomy.tokens.counting import count_messages
+
+    return count_messages(judge_messages(call, ""), judge) + _ANSWER_BOUNDARY_TOKENS
+
+
+async def _judge(stage: ResilientExecuteStage, call: Call, judge: str, answer: str) -> bool:
+    """Ask the judge model; its cost goes into the call's trace as a ``judge`` item."""
     body = {
         "model": judge,
-        "messages": [
-            {"role": "user", "content": JUDGE_PROMPT.format(question=last_user_text(call.body), answer=answer)}
-        ],
-        "max_tokens": 3,
+        "messages": judge_messages(call, answer),
+        "max_tokens": JUDGE_MAX_TOKENS,
         "temperature": 0,
     }
     sub = Call(kind="chat", body=body, model_asked=judge, trace=call.trace, request_id=call.request_id)

@@ -33,8 +33,7 @@ def apply_output_cap(
     if not present:
         if default is None:
             return body, None
-        key = "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(model) else "max_tokens"
-        return {**body, key: default}, default
+        return {**body, limit_field(model): default}, default
     if cap is None:
         return body, None
     over = [key for key in present if body[key] > cap]
@@ -53,3 +52,8 @@ def finish_reason_of(body: dict[str, Any]) -> str | None:
         reason = choices[0].get("finish_reason")
         return reason if isinstance(reason, str) else None
     return None
+
+
+def limit_field(model: str) -> str:
+    """The output-limit parameter ``model`` accepts: ``max_completion_tokens`` for OpenAI reasoning models."""
+    return "max_completion_tokens" if _COMPLETION_TOKENS_MODELS.match(model) else "max_tokens"
