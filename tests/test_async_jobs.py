@@ -162,7 +162,11 @@ def test_retryable_failures_are_retried_then_dead_lettered(jobs_gateway: Callabl
     done = poll(http, job["id"])
     assert done["status"] == "failed" and done["attempts"] == 3
     assert done["error"]["code"] in ("upstream_error", "service_unavailable")  # the circuit breaker may open
-    dead = server.run_coro(server.gateway.jobs.queue.dead_letters())
+    # the job is marked failed before its message is parked (a crash in between redelivers
+    # a finished job, which is then acked): give the worker a moment to park it
+    deadline = time.monotonic() + 10
+    while not (dead := server.run_coro(server.gateway.jobs.queue.dead_letters())) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert [d.job_id for d in dead] == [job["id"]]
     server.flush_ledger()
     rows = server.run_coro(server.gateway.ledger.fetch())
