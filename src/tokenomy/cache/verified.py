@@ -11,14 +11,21 @@ cached match is *not* an equivalent request, at most δ may be served.
   candidate's — no extra upstream call), and from ``POST /v1/feedback``.
   Each label is weighted by 1/(chance it was taken), so weighted counts are
   unbiased estimates over all lookups.
-- **A re-ranker**: weighted logistic regression over the cosine similarity and
+- **A re-ranker** (``reranker.py``): gradient-boosted trees over the cosine,
   lexical features (overlap, words in one text only, length ratio, question
-  word), refitted as labels arrive. Guards (negation, numbers, entities,
-  opposites) are hard rules before it.
-- **A threshold under δ**: the re-ranker's score must clear the lowest cut at
-  which the *upper confidence bound* (Wilson) of the weighted false-hit rate is
-  ≤ δ. Until enough wrong candidates have been seen, a conservative prior
-  applies (cosine ≥ ``cold_threshold``).
+  word) and a projection of the two vectors' interactions, refitted as labels
+  arrive (off the event loop in the gateway). Guards (negation, numbers,
+  entities, opposites) are hard rules before it.
+- **A threshold under δ, calibrated on labels the model never saw** (cross-fitting):
+  every label is drawn into one of ``folds`` folds; one re-ranker is fitted per
+  fold on the other folds' labels, so every label has a score from a model that
+  did not see it. The cut is the lowest score at which the *upper confidence
+  bound* of the weighted false-hit rate over those out-of-fold scores is ≤ δ,
+  and each lookup is scored by one of the re-rankers drawn at random — so the
+  pooled estimate is exactly the false-hit rate of what is served. (Trees fit
+  their training labels closely: a cut read off them would promise a false-hit
+  rate the traffic then exceeds.) Until enough wrong candidates have been seen,
+  a conservative prior applies (cosine ≥ ``cold_threshold``).
 - **Per-entry thresholds**: an entry found wrong at similarity s is never again
   served at or below s + margin; an entry found wrong twice is only served exactly.
 
@@ -31,32 +38,18 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tokenomy.cache.guards import Comparison
+from tokenomy.cache.reranker import N_LEXICAL, InteractionProjection, Reranker, interactions, lexical_features
 
 HIT, VERIFY, EXPLORE, REJECT = "hit", "verify", "explore", "reject"
 
-#: features: bias, cosine (centred), cosine², overlap, words in one text only, length ratio, question word differs
-N_FEATURES = 7
-
-
-def features(similarity: float, comparison: Comparison) -> np.ndarray:
-    s = (similarity - 0.9) * 10.0
-    return np.array(
-        [
-            1.0,
-            s,
-            s * s,
-            comparison.jaccard,
-            min(comparison.diff_words, 12) / 12.0,
-            comparison.length_ratio,
-            float(comparison.question_word_differs),
-        ],
-        dtype=np.float64,
-    )
+#: How a refit is run: inline by default (evaluation, tests); the gateway hands it to a thread.
+RefitRunner = Callable[[Callable[[], None]], None]
 
 
 @dataclass(slots=True)
@@ -65,20 +58,35 @@ class Decision:
     similarity: float
     score: float | None = None
     reason: str = ""
+    #: the re-ranker's input (lexical features, plus the projected interactions once there is a
+    #: projection); ``None`` for a candidate that could never be served (below the floor, a guard)
     features: np.ndarray | None = None
     #: how likely this candidate was to get a label if it had been a hit (for importance weights)
     label_weight: float = 1.0
+    #: the raw vector interactions, kept only while no projection exists yet
+    raw: np.ndarray | None = None
 
 
 class Policy:
     """Fixed-threshold policy (the baseline): serve when similarity ≥ threshold and guards pass."""
+
+    #: whether ``decide`` wants the query's and the candidate's vectors (an extra index read)
+    uses_vectors = False
 
     def __init__(self, threshold: float, min_similarity: float, guards: bool = True) -> None:
         self.threshold = threshold
         self.min_similarity = min_similarity
         self.guards = guards
 
-    def decide(self, entry: str, similarity: float, comparison: Comparison) -> Decision:
+    def decide(
+        self,
+        entry: str,
+        similarity: float,
+        comparison: Comparison,
+        query: np.ndarray | None = None,
+        cached: np.ndarray | None = None,
+    ) -> Decision:
+        """``query``/``cached``: the two unit vectors, when the index can return the candidate's."""
         if self.guards and not comparison.passed:
             return Decision(REJECT, similarity, reason=",".join(comparison.reasons))
         if similarity >= self.threshold:
@@ -96,9 +104,31 @@ class _EntryStats:
     right: int = 0
 
 
+@dataclass(slots=True)
+class _Label:
+    lexical: np.ndarray
+    projected: np.ndarray | None
+    raw: np.ndarray | None
+    correct: bool
+    weight: float
+    fold: int  # the re-ranker that never trains on this label
+
+
+@dataclass(frozen=True)
+class Learned:
+    """One refit's outcome, swapped in whole so a decision never mixes two refits."""
+
+    projection: InteractionProjection | None
+    rerankers: tuple[Reranker, ...]  # one per fold
+    cut: float  # re-ranker score a hit must reach (inf: no cut meets δ yet — serve nothing semantically)
+    labels: int
+
+
 @dataclass
 class VerifiedPolicy(Policy):
-    """Learned per-entry thresholds and a re-ranker under a target false-hit rate δ (see module doc)."""
+    """A re-ranker and per-entry thresholds learned under a target false-hit rate δ (see module doc)."""
+
+    uses_vectors = True
 
     target_error: float = 0.01
     verify_fraction: float = 0.05
@@ -108,60 +138,91 @@ class VerifiedPolicy(Policy):
     cold_threshold: float = 0.97
     #: wrong candidates seen before the learned cut replaces the cold threshold
     min_wrong: int = 200
-    refit_every: int = 200
+    #: refit after this many new labels, or 10 % more labels, whichever is more
+    refit_every: int = 250
+    refit_growth: float = 0.10
     max_observations: int = 100_000
+    #: cross-fitting folds: each re-ranker trains on (folds − 1)/folds of the labels
+    folds: int = 4
+    #: boosting rounds per re-ranker (fit time grows with them)
+    reranker_iterations: int = 100
+    #: unlabelled candidates whose vector interactions fit the projection
+    projection_samples: int = 2_000
     margin: float = 0.01
     z: float = 1.645  # one-sided 95 % upper bound
     seed: int | None = None
-    weights: np.ndarray | None = None
-    cut: float | None = None  # re-ranker score a hit must reach
+    learned: Learned | None = None
+    run_refit: RefitRunner | None = None
     _since_fit: int = 0
     _entries: dict[str, _EntryStats] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.threshold = self.cold_threshold
         self._rng = random.Random(self.seed)
-        self._x: deque[np.ndarray] = deque(maxlen=self.max_observations)
-        self._y: deque[float] = deque(maxlen=self.max_observations)
-        self._w: deque[float] = deque(maxlen=self.max_observations)
+        self._labels: deque[_Label] = deque(maxlen=self.max_observations)
+        self._samples: list[np.ndarray] = []  # raw interactions for the projection
+        self._projection: InteractionProjection | None = None
         # weighted wrong candidates that could never be served (below the floor, failed a guard)
         self._wrong_unservable = 0.0
         self._wrong_unservable_w2 = 0.0
         self._wrong_seen = 0
+        self._fitting = False
+
+    @property
+    def cut(self) -> float | None:
+        return None if self.learned is None else self.learned.cut
 
     # -- deciding ----------------------------------------------------------------------------
-    def score(self, x: np.ndarray) -> float | None:
-        if self.weights is None:
-            return None
-        return float(1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, float(x @ self.weights))))))
-
     def _explore_or_reject(self, similarity: float, reason: str, x: np.ndarray | None = None,
-                           score: float | None = None) -> Decision:
+                           score: float | None = None, raw: np.ndarray | None = None) -> Decision:
         """A miss: label it with probability ``explore_fraction`` (no extra upstream call)."""
         if self.explore_fraction > 0 and (self.explore_fraction >= 1 or self._rng.random() < self.explore_fraction):
-            return Decision(EXPLORE, similarity, score, reason, x, label_weight=1.0 / self.explore_fraction)
+            return Decision(EXPLORE, similarity, score, reason, x, 1.0 / self.explore_fraction, raw)
         return Decision(REJECT, similarity, score, reason, x)
 
-    def decide(self, entry: str, similarity: float, comparison: Comparison) -> Decision:
+    def _features(self, similarity: float, comparison: Comparison, query: np.ndarray | None,
+                  cached: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The re-ranker's input, and the raw interactions while there is no projection to apply."""
+        x = lexical_features(similarity, comparison)
+        if query is None or cached is None:
+            return x, None
+        raw = interactions(query, cached)
+        projection = self._projection
+        if projection is None:
+            if len(self._samples) < self.projection_samples:
+                self._samples.append(raw)
+            return x, raw
+        return np.concatenate([x, projection(raw)]), None
+
+    def decide(
+        self,
+        entry: str,
+        similarity: float,
+        comparison: Comparison,
+        query: np.ndarray | None = None,
+        cached: np.ndarray | None = None,
+    ) -> Decision:
         if similarity < self.min_similarity:
             return self._explore_or_reject(similarity, "below floor")
         if self.guards and not comparison.passed:
             return self._explore_or_reject(similarity, ",".join(comparison.reasons))
-        x = features(similarity, comparison)
+        x, raw = self._features(similarity, comparison, query, cached)
         stats = self._entries.get(entry)
         if stats is not None and (stats.wrong >= 2 or similarity <= stats.wrong_at + self.margin):
-            return self._explore_or_reject(similarity, "entry threshold", x)
-        score = self.score(x)
-        if score is None or self.cut is None:
+            return self._explore_or_reject(similarity, "entry threshold", x, raw=raw)
+        learned = self.learned
+        score: float | None = None
+        if learned is not None and learned.rerankers[0].n_features == len(x):
+            score = self._rng.choice(learned.rerankers).score(x)
+            serve = score >= learned.cut
+        else:  # nothing learned yet, or this candidate lacks the features it was learned on
             serve = similarity >= self.cold_threshold
-        else:
-            serve = score >= self.cut
         if not serve:
-            return self._explore_or_reject(similarity, "below learned threshold", x, score)
+            return self._explore_or_reject(similarity, "below learned threshold", x, score, raw)
         if self.verify_fraction > 0 and self._rng.random() < self.verify_fraction:
-            return Decision(VERIFY, similarity, score, "sampled", x, label_weight=1.0 / self.verify_fraction)
+            return Decision(VERIFY, similarity, score, "sampled", x, 1.0 / self.verify_fraction, raw)
         weight = 1.0 / self.verify_fraction if self.verify_fraction else 0.0
-        return Decision(HIT, similarity, score, "", x, label_weight=weight)
+        return Decision(HIT, similarity, score, "", x, weight, raw)
 
     # -- learning ----------------------------------------------------------------------------
     def observe(self, decision: Decision, correct: bool, entry: str | None = None, *, feedback: bool = False) -> None:
@@ -184,68 +245,89 @@ class VerifiedPolicy(Policy):
                 self._wrong_unservable += weight
                 self._wrong_unservable_w2 += weight * weight
             return
-        self._x.append(decision.features)
-        self._y.append(1.0 if correct else 0.0)
-        self._w.append(weight)
+        lexical, projected = decision.features[:N_LEXICAL], decision.features[N_LEXICAL:]
+        self._labels.append(
+            _Label(lexical, projected if len(projected) else None, decision.raw, correct, weight,
+                   self._rng.randrange(self.folds))
+        )
         self._since_fit += 1
-        if self._wrong_seen >= self.min_wrong and self._since_fit >= self.refit_every:
+        due = self._since_fit >= max(self.refit_every, self.refit_growth * len(self._labels))
+        if self._wrong_seen >= self.min_wrong and due and not self._fitting:
             self.refit()
 
     @property
     def labels(self) -> int:
-        return len(self._y)
+        return len(self._labels)
 
     def refit(self) -> None:
-        """Refit the re-ranker on all kept labels, then the lowest cut meeting δ with confidence."""
+        """Refit the re-ranker and the cut on a snapshot of the labels (inline, or as ``run_refit`` says)."""
         self._since_fit = 0
-        if not self._y:
-            return
-        x = np.array(self._x)
-        y = np.array(self._y)
-        w = np.array(self._w)
-        if y.min() == y.max():
-            return  # one class only: nothing to separate yet
-        self.weights = _logistic(x, y, w, self.weights)
-        scores = 1.0 / (1.0 + np.exp(-np.clip(x @ self.weights, -30, 30)))
-        cut = _cut_under(scores, y, w, self._wrong_unservable, self._wrong_unservable_w2, self.target_error, self.z)
-        self.cut = math.inf if cut is None else cut  # no safe cut yet: serve nothing semantically
+        self._fitting = True
+        labels = list(self._labels)
+        samples = self._samples if self._projection is None else []
+        unservable = (self._wrong_unservable, self._wrong_unservable_w2)
+
+        def job() -> None:
+            try:
+                learned = self._fit(labels, samples, unservable)
+                if learned is not None:
+                    self.learned = learned
+            finally:
+                self._fitting = False
+
+        (self.run_refit or _inline)(job)
+
+    def _fit(
+        self, labels: list[_Label], samples: list[np.ndarray], unservable: tuple[float, float]
+    ) -> Learned | None:
+        projection = self._projection
+        if projection is None and len(samples) >= self.projection_samples:
+            projection = InteractionProjection.fit(np.stack(samples))
+        if projection is not None:
+            for label in labels:  # labels taken before the projection existed
+                if label.projected is None and label.raw is not None:
+                    label.projected, label.raw = projection(label.raw), None
+        usable = [lb for lb in labels if projection is None or lb.projected is not None]
+        if projection is not None and len(usable) < len(labels) // 2:
+            projection, usable = None, labels  # most candidates came without vectors: lexical only
+        if not usable:
+            return None
+        x = np.stack([lb.lexical if projection is None else np.concatenate([lb.lexical, lb.projected]) for lb in usable])
+        y = np.array([lb.correct for lb in usable])
+        w = np.array([lb.weight for lb in usable])
+        fold = np.array([lb.fold for lb in usable])
+        out_of_fold = np.zeros(len(usable))
+        rerankers = []
+        for k in range(self.folds):
+            train, held = fold != k, fold == k
+            if not train.any() or y[train].min() == y[train].max():
+                return None  # one class only: nothing to separate yet
+            reranker = Reranker.fit(x[train], y[train], w[train], self.reranker_iterations)
+            if held.any():
+                out_of_fold[held] = reranker.scores(x[held])
+            rerankers.append(reranker)
+        cut = _cut_under(out_of_fold, y, w, unservable[0], unservable[1], self.target_error, self.z)
+        if projection is not None and self._projection is None:
+            self._projection = projection
+            self._samples = []
+        return Learned(projection, tuple(rerankers), math.inf if cut is None else cut, len(usable))
 
     def state(self) -> dict[str, object]:
+        learned = self.learned
         return {
             "mode": "verified",
             "target_false_hit_rate": self.target_error,
             "labels": self.labels,
             "wrong_seen": self._wrong_seen,
-            "cut": self.cut,
-            "weights": None if self.weights is None else [round(float(v), 4) for v in self.weights],
+            "cut": None if learned is None else learned.cut,
+            "reranker_features": None if learned is None else learned.rerankers[0].n_features,
+            "fitted_on": None if learned is None else learned.labels,
             "entries_with_labels": len(self._entries),
         }
 
 
-def _logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, start: np.ndarray | None, l2: float = 1e-2) -> np.ndarray:
-    """Weighted L2-regularised logistic regression by Newton's method (a handful of features)."""
-    beta = np.zeros(x.shape[1]) if start is None else start.copy()
-    reg = np.full(x.shape[1], l2 * w.sum() / len(w))
-    reg[0] = 0.0
-    for _ in range(25):
-        p = 1.0 / (1.0 + np.exp(-np.clip(x @ beta, -30, 30)))
-        grad = x.T @ (w * (p - y)) + reg * beta
-        hess = (x * (w * p * (1 - p))[:, None]).T @ x + np.diag(reg + 1e-9)
-        step = np.linalg.solve(hess, grad)
-        beta -= step
-        if np.abs(step).max() < 1e-6:
-            break
-    return beta
-
-
-def wilson_upper(errors: float, n: float, z: float) -> float:
-    if n <= 0:
-        return 1.0
-    p = errors / n
-    denom = 1 + z * z / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre + spread) / denom
+def _inline(job: Callable[[], None]) -> None:
+    job()
 
 
 def _cut_under(
@@ -265,6 +347,8 @@ def _cut_under(
     hits widen it as they should: p + z·sqrt(Σ wᵢ²(xᵢ − p)²) / Σ wᵢ, plus one
     wrong label's worth of slack.
     """
+    if len(scores) == 0:
+        return None
     order = np.argsort(-scores, kind="stable")
     s = scores[order]
     wrong_w = (1 - y[order]) * w[order]
