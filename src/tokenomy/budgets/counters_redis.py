@@ -21,11 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, TimeoutError as RedisTimeoutError
-
 from tokenomy.budgets.counters import Admission, Charge, CounterStore, CounterStoreUnavailable
+from tokenomy.store.redis_connection import RedisCommandError, RedisConnection, RedisUnavailable
 
 Clock = Callable[[], float]
 
@@ -221,9 +218,7 @@ class RedisCounterStore(CounterStore):
         prefix: str = "tokenomy:",
         clock: Clock = time.time,
         timeout_s: float = 2.0,
-        max_connections: int = 32,
         settle_delay_s: float = 0.002,
-        client: aioredis.Redis | None = None,
     ) -> None:
         self.url = url
         self.settle_delay_s = settle_delay_s
@@ -236,56 +231,42 @@ class RedisCounterStore(CounterStore):
         self.prefix = prefix
         self.clock = clock
         self.timeout_s = timeout_s
-        self.max_connections = max_connections
-        self._client = client
-        self._owns_client = client is None
+        # one pipelined connection: every caller shares it, no pool checkout per command
+        self.connection = RedisConnection(url, timeout_s=timeout_s)
         self._shas: dict[str, str] = {}
-
-    @property
-    def client(self) -> aioredis.Redis:
-        if self._client is None:
-            # A blocking pool: under a burst, callers wait for a free connection
-            # (up to the timeout) instead of failing with "too many connections".
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=self.max_connections,
-                timeout=self.timeout_s * 4,
-                socket_timeout=self.timeout_s,
-                socket_connect_timeout=self.timeout_s,
-            )
-            self._client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        return self._client
 
     async def start(self) -> None:
         for name, script in (("reserve", RESERVE), ("settle", SETTLE), ("read", READ), ("add", ADD)):
-            self._shas[name] = await self._guard(self.client.script_load(script))
+            self._shas[name] = await self._guard(self.connection.execute("SCRIPT", "LOAD", script))
 
     async def aclose(self) -> None:
         await self._flush(self._take_settles())
         if self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
-        if self._client is not None and self._owns_client:
-            await self._client.aclose()
-            self._client = None
+        await self.connection.aclose()
 
     async def _guard(self, awaitable: Any) -> Any:
         try:
             return await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except RedisUnavailable as exc:
             raise CounterStoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
-        except RedisError as exc:
+        except RedisCommandError as exc:
             raise CounterStoreUnavailable(f"Redis at {self.url} failed: {exc}") from exc
 
     async def _run(self, name: str, script: str, args: list[Any]) -> Any:
         sha = self._shas.get(name)
         try:
             if sha is None:
-                raise NoScriptError("not loaded")
-            return await self._guard(self.client.evalsha(sha, 0, *args))
-        except NoScriptError:
-            # Redis restarted (or SCRIPT FLUSH): load again once
-            self._shas[name] = await self._guard(self.client.script_load(script))
-            return await self._guard(self.client.evalsha(self._shas[name], 0, *args))
+                raise RedisCommandError("NOSCRIPT not loaded")
+            return await self.connection.execute("EVALSHA", sha, 0, *args)
+        except RedisCommandError as exc:
+            if not exc.no_script:
+                raise CounterStoreUnavailable(f"Redis at {self.url} failed: {exc}") from exc
+        except RedisUnavailable as exc:
+            raise CounterStoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+        # Redis restarted (or SCRIPT FLUSH): load again once
+        self._shas[name] = await self._guard(self.connection.execute("SCRIPT", "LOAD", script))
+        return await self._guard(self.connection.execute("EVALSHA", self._shas[name], 0, *args))
 
     async def reserve(self, reservation_id: str, charges: Sequence[Charge], ttl_s: float) -> Admission:
         now = self.clock()
@@ -375,7 +356,7 @@ class RedisCounterStore(CounterStore):
         return int(await self._run("add", ADD, [key, amount, ttl_s]))
 
     async def claim(self, key: str, ttl_s: int) -> bool:
-        return bool(await self._guard(self.client.set(key, b"1", nx=True, ex=max(1, ttl_s))))
+        return await self._guard(self.connection.execute("SET", key, "1", "NX", "EX", max(1, ttl_s))) is not None
 
     async def exists(self, key: str) -> bool:
-        return bool(await self._guard(self.client.exists(key)))
+        return bool(await self._guard(self.connection.execute("EXISTS", key)))
