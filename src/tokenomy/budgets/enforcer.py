@@ -78,7 +78,7 @@ class BudgetEnforcer:
         #: counter keys start with the store's own prefix (Redis) or nothing (memory)
         self.prefix: str = getattr(store, "prefix", "")
         self.store_failures = 0
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Future[Any]] = set()  # background settles, alerts and checks
         self.thresholds = ThresholdAlerts(store, alerts, prefix=self.prefix, clock=clock) if alerts is not None else None
 
     # admission --------------------------------------------------------------
@@ -285,10 +285,33 @@ class BudgetEnforcer:
     # settlement ---------------------------------------------------------------
 
     def settle_later(self, ticket: Ticket | None, call: Call, exc: BaseException | None = None) -> None:
-        """Settle in the background: the answer does not wait for the store round trip."""
+        """Settle off the request's path: the answer does not wait for the store.
+
+        The store sends the settle after this event-loop turn (together with
+        any others queued in it); alert and runaway checks follow only when a
+        total calls for them, so a plain call schedules no task at all.
+        """
         if ticket is None or ticket.settled:
             return
-        self._background(self.settle(ticket, call, exc))
+        usd, tokens = self._spent(ticket, call, exc)
+        ticket.settled = True
+        future = self.store.settle_soon(ticket.reservation_id, ticket.charges, self._actual(ticket, usd, tokens))
+        self._pending.add(future)
+        future.add_done_callback(lambda done: self._settled(ticket, call.request_id, done))
+
+    def _settled(self, ticket: Ticket, request_id: str, done: asyncio.Future[tuple[int, ...]]) -> None:
+        self._pending.discard(done)
+        if done.cancelled():
+            log.error("settling %s was cancelled; its reservation will expire", request_id or ticket.reservation_id)
+            return
+        exc = done.exception()
+        if exc is not None:
+            # the reservation expires on its own; the ledger still has the cost for reconciliation
+            log.error("settling %s failed (%s); its reservation will expire", request_id or ticket.reservation_id, exc)
+            return
+        totals = done.result()
+        if self._follow_up_due(ticket, totals):
+            self._background(self._after_settle(ticket, totals))
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -299,37 +322,59 @@ class BudgetEnforcer:
         """Replace the reservation with the actual cost (at least the input if the client left)."""
         if ticket is None or ticket.settled:
             return
+        usd, tokens = self._spent(ticket, call, exc)
+        await self.settle_spend(ticket, usd, tokens, request_id=call.request_id)
+
+    @staticmethod
+    def _spent(ticket: Ticket, call: Call, exc: BaseException | None) -> tuple[float, int]:
+        """What the call cost: its trace, or at least its input if it reached upstream and the client left."""
         usd = call.trace.total_usd or 0.0
         tokens = call.trace.usage().total_tokens
         if not call.trace.items and exc is not None and _client_left(exc) and call.provider is not None:
-            # the request reached upstream and was abandoned: charge at least its input
             usd = ticket.estimate.input_usd or 0.0
             tokens = ticket.estimate.input_tokens
-        await self.settle_spend(ticket, usd, tokens, request_id=call.request_id)
+        return usd, tokens
+
+    @staticmethod
+    def _actual(ticket: Ticket, usd: float, tokens: int) -> list[int]:
+        """Each charge's actual amount, in the ticket's order."""
+        spent = to_nano(usd)
+        actual = []
+        for info in ticket.infos:
+            kind = info.kind
+            if kind == "budget" or kind == "meter":
+                actual.append(spent)
+            elif kind == "requests":
+                actual.append(1)
+            elif kind == "tokens":
+                actual.append(tokens)
+            else:  # concurrent slots are given back; blocks cost nothing
+                actual.append(0)
+        return actual
 
     async def settle_spend(self, ticket: Ticket, usd: float, tokens: int, *, request_id: str = "") -> None:
         """Replace the reservation with ``usd`` spent and ``tokens`` used, once."""
         if ticket.settled:
             return
         ticket.settled = True
-        spent = to_nano(usd)
-        actual = []
-        for info in ticket.infos:
-            if info.kind in ("budget", "meter"):
-                actual.append(spent)
-            elif info.kind == "requests":
-                actual.append(1)
-            elif info.kind == "tokens":
-                actual.append(tokens)
-            else:  # concurrent slots are given back; blocks cost nothing
-                actual.append(0)
         try:
-            totals = await self.store.settle(ticket.reservation_id, ticket.charges, actual)
+            totals = await self.store.settle(ticket.reservation_id, ticket.charges, self._actual(ticket, usd, tokens))
         except CounterStoreUnavailable as exc_store:
             # the reservation expires on its own; the ledger still has the cost for reconciliation
             log.error("settling %s failed (%s); its reservation will expire", request_id or ticket.reservation_id, exc_store)
             return
         await self._after_settle(ticket, totals)
+
+    def _follow_up_due(self, ticket: Ticket, totals: tuple[int, ...]) -> bool:
+        """Whether a threshold may have been crossed or a runaway check is due (``_after_settle`` has work)."""
+        for info, total in zip(ticket.infos, totals):
+            if info.kind == "budget":
+                if self.thresholds is not None and info.rule is not None and self.thresholds.due(info, total):
+                    return True
+            elif info.kind == "meter":
+                if self.runaway is not None and self.runaway.due(info.scope, info.subject):
+                    return True
+        return False
 
     async def _after_settle(self, ticket: Ticket, totals: tuple[int, ...]) -> None:
         for info, charge, total in zip(ticket.infos, ticket.charges, totals):

@@ -73,6 +73,11 @@ class RunawayDetector:
                 out.append((Charge(block, 0, 0, (block,), 0, report=False), ChargeInfo("block", None, subject, None, scope)))
         return out
 
+    def due(self, scope: str, subject: str) -> bool:
+        """Whether ``observe`` would look at this scope value now (not looked at for ``check_every_s``)."""
+        last = self._checked.get((scope, subject))
+        return last is None or self.clock() - last >= self.settings.check_every_s
+
     async def observe(self, scope: str, subject: str) -> None:
         """Re-evaluate one scope value if it has not been looked at for ``check_every_s``."""
         now = self.clock()
