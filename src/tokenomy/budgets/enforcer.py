@@ -11,19 +11,20 @@ and spend rates. Calls no rule applies to cost nothing but a dictionary lookup.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import replace
 from typing import Any
 
 from tokenomy.budgets import metrics
 from tokenomy.budgets.alerts import AlertDispatcher
+from tokenomy.budgets.charges import ChargeTemplates
 from tokenomy.budgets.counters import NANO, Charge, CounterStore, CounterStoreUnavailable, from_nano, to_nano
 from tokenomy.budgets.estimate import estimate
-from tokenomy.budgets.periods import Window, format_reset, window
+from tokenomy.budgets.periods import Window, format_reset
 from tokenomy.budgets.policy import BudgetRule, PolicySet, RateLimitRule
 from tokenomy.budgets.runaway import RunawayDetector
 from tokenomy.budgets.thresholds import ThresholdAlerts
@@ -45,10 +46,6 @@ from tokenomy.routing.attempts import AttemptPlanner
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-
-#: Rate limits count over a rolling minute, in six ten-second slots.
-MINUTE = 60
-MINUTE_SLOTS = 6
 
 
 class BudgetEnforcer:
@@ -78,6 +75,9 @@ class BudgetEnforcer:
         #: counter keys start with the store's own prefix (Redis) or nothing (memory)
         self.prefix: str = getattr(store, "prefix", "")
         self.store_failures = 0
+        self.templates = ChargeTemplates(self.prefix, concurrency_ttl_s=int(settings.reservation_ttl_s) + 3600)
+        self._id_base = uuid.uuid4().hex[:16]
+        self._ids = itertools.count()
         self._pending: set[asyncio.Future[Any]] = set()  # background settles, alerts and checks
         self.thresholds = ThresholdAlerts(store, alerts, prefix=self.prefix, clock=clock) if alerts is not None else None
 
@@ -112,31 +112,23 @@ class BudgetEnforcer:
                 code="unpriced_model",
             )
         now = self.clock()
-        p = self.prefix
         reserve_nano = to_nano(est.usd) if est.usd is not None else 0
-        charges, infos = self.budget_charges(budgets, reserve_nano, now)
-        if limits:
-            minute = window("rolling", now, seconds=MINUTE, slots=MINUTE_SLOTS)
-            for limit_rule, subject in limits:
-                base = f"{p}rl:{limit_rule.id}:{subject}"
-                if limit_rule.rpm is not None:
-                    keys = tuple(f"{base}:rq:{bucket}" for bucket in minute.buckets)
-                    charges.append(Charge(keys[0], 1, limit_rule.rpm, keys, minute.ttl_s, report=False))
-                    infos.append(ChargeInfo("requests", limit_rule, subject, minute, limit_rule.scope))
-                if limit_rule.tpm is not None:
-                    keys = tuple(f"{base}:tk:{bucket}" for bucket in minute.buckets)
-                    charges.append(Charge(keys[0], est.tokens, limit_rule.tpm, keys, minute.ttl_s, report=False))
-                    infos.append(ChargeInfo("tokens", limit_rule, subject, minute, limit_rule.scope))
-                if limit_rule.concurrent is not None:
-                    key = f"{base}:cc"
-                    ttl = int(self.settings.reservation_ttl_s) + 3600
-                    charges.append(Charge(key, 1, limit_rule.concurrent, (key,), ttl, report=False))
-                    infos.append(ChargeInfo("concurrent", limit_rule, subject, None, limit_rule.scope))
+        templates = self.templates
+        charges: list[Charge] = []
+        infos: list[ChargeInfo] = []
+        for rule, subject in budgets:
+            template = templates.budget(rule, subject, now)
+            charges.append(template.charge(reserve_nano))
+            infos.append(template.info)
+        for limit_rule, subject in limits:
+            for template in templates.rate_limit(limit_rule, subject, now):
+                charges.append(template.fixed or template.charge(est.tokens))
+                infos.append(template.info)
         if self.runaway is not None:
-            for charge, info in self.runaway.charges(meters, now):
-                charges.append(charge)
-                infos.append(info)
-        ticket = Ticket("rsv_" + uuid.uuid4().hex, charges, infos, est)
+            for template in self.runaway.templates(meters, now):
+                charges.append(template.fixed or template.charge(0))
+                infos.append(template.info)
+        ticket = Ticket(self._reservation_id(), charges, infos, est)
         try:
             admission = await self.store.reserve(ticket.reservation_id, charges, self.settings.reservation_ttl_s)
         except CounterStoreUnavailable as exc:
@@ -155,19 +147,20 @@ class BudgetEnforcer:
         ticket.charges = self._reporting(charges, infos, admission.totals)
         return ticket
 
+    def _reservation_id(self) -> str:
+        """Unique across replicas (a random process part) and within the process (a counter)."""
+        return f"rsv_{self._id_base}{next(self._ids):x}"
+
     def budget_charges(
         self, budgets: list[tuple[BudgetRule, str]], amount_nano: int, now: float
     ) -> tuple[list[Charge], list[ChargeInfo]]:
         """One charge of ``amount_nano`` per budget, on the counters of its current window."""
         charges: list[Charge] = []
         infos: list[ChargeInfo] = []
-        p = self.prefix
         for rule, subject in budgets:
-            win = window(rule.period, now, rule.timezone, rule.window_s)
-            limit = None if rule.mode == "soft" else to_nano(rule.amount_usd)
-            keys = tuple(f"{p}b:{rule.id}:{subject}:{bucket}" for bucket in win.buckets)
-            charges.append(Charge(keys[0], amount_nano, limit, keys, win.ttl_s))
-            infos.append(ChargeInfo("budget", rule, subject, win, rule.scope))
+            template = self.templates.budget(rule, subject, now)
+            charges.append(template.charge(amount_nano))
+            infos.append(template.info)
         return charges, infos
 
     def _reporting(self, charges: list[Charge], infos: list[ChargeInfo], totals: tuple[int, ...]) -> list[Charge]:
@@ -186,7 +179,7 @@ class BudgetEnforcer:
                 continue
             if out is charges:
                 out = list(charges)
-            out[index] = replace(charge, report=False)
+            out[index] = Charge(charge.key, charge.amount, charge.limit, charge.window, charge.ttl_s, False)
         return out
 
     def store_down(self, exc: CounterStoreUnavailable, call: Call) -> None:

@@ -64,6 +64,8 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.lost: BaseException | None = None
         self._watch: asyncio.TimerHandle | None = None
+        #: commands packed in this event-loop turn, written together when it ends
+        self._out: list[bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
@@ -74,10 +76,20 @@ class _Protocol(asyncio.Protocol):
         future = self.loop.create_future()
         now = self.loop.time()
         self.waiting.append((future, now))
-        self.transport.write(packed)
+        if self._out is None:
+            self._out = [packed]
+            self.loop.call_soon(self._write)
+        else:
+            self._out.append(packed)
         if self._watch is None:
             self._watch = self.loop.call_at(now + self.timeout_s, self._check)
         return future
+
+    def _write(self) -> None:
+        """One write for every command of the turn: each write may wake Redis (and cost a context switch)."""
+        out, self._out = self._out, None
+        if out and self.lost is None and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
