@@ -21,6 +21,7 @@ import abc
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 #: nano-dollars per dollar: counters hold integers
 NANO = 1_000_000_000
@@ -41,8 +42,7 @@ class CounterStoreUnavailable(Exception):
     """The counter store could not be reached (the stage applies the fail-open/closed switch)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
+class Charge(NamedTuple):
     """Add ``amount`` to counter ``key`` if the window's total plus ``amount`` stays ≤ ``limit``.
 
     ``window`` lists the counters whose sum is checked (``(key,)`` except for
@@ -53,6 +53,9 @@ class Charge:
     which spares the store summing their windows). A charge with no limit that
     reports nothing (a runaway meter) is only counted: the store need not read
     its window at reservation either (its total may come back as 0).
+
+    A named tuple rather than a frozen dataclass: a call builds several, and
+    a tuple is built in a third of the time.
     """
 
     key: str

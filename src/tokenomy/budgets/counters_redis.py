@@ -28,15 +28,14 @@ Cluster (which would need every key in one hash slot).
 from __future__ import annotations
 
 import asyncio
-import logging
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from tokenomy.budgets.counters import Admission, Charge, CounterStore, CounterStoreUnavailable
-from tokenomy.store.redis_connection import RedisCommandError, RedisConnection, RedisUnavailable
+from tokenomy.store.redis_connection import RedisCommandError, RedisConnection, RedisUnavailable, bulk, packed
 
-log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
@@ -47,13 +46,14 @@ SWEEP_BATCH = 16
 _ARGS_CACHE_LIMIT = 20_000
 
 # Wire format of a charge (flat, one ARGV per field):
-#   key, amount, limit (-1: none), ttl (0: forever), n, then n window keys.
+#   amount, key, limit (-1: none), ttl (0: forever), n, then n window keys.
 # n = 0: the window is the key alone; n = -1: the charge is only counted, its
 # total is neither read nor returned (reserve: unlimited charges that report
 # nothing, such as runaway meters; settle: charges that report nothing).
 # At settle, ``amount`` is the delta to apply if the reservation is still held
 # (actual - reserved) and ``limit`` is the actual amount (applied in full when
-# the reservation expired and was released).
+# the reservation expired and was released). The amount comes first so that
+# everything after it, fixed for a whole window, is encoded once (``_Parts``).
 
 # Reserve. ARGV: zset, member, now, deadline, sweep (1: release expired first), charges…
 # Returns {1, total…} when admitted (0 for count-only charges); {0, refused index, total before} when not.
@@ -75,7 +75,7 @@ if ARGV[5] == '1' then
 end
 local last, totals, i = #ARGV, {1}, 6
 while i <= last do
-  local key, amount, limit, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4])
+  local amount, key, limit, n = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4])
   local sum = 0
   if n == 0 then
     sum = tonumber(redis.call('GET', key) or '0')
@@ -91,9 +91,9 @@ end
 local held = false
 i = 6
 while i <= last do
-  local amount, n = ARGV[i + 1], tonumber(ARGV[i + 4])
+  local amount, n = ARGV[i], tonumber(ARGV[i + 4])
   if amount ~= '0' then
-    local key, ttl = ARGV[i], ARGV[i + 3]
+    local key, ttl = ARGV[i + 1], ARGV[i + 3]
     -- a counter equal to what was just added is new: give it its lifetime once
     if redis.call('INCRBY', key, amount) == tonumber(amount) and ttl ~= '0' then redis.call('EXPIRE', key, ttl) end
     held = true
@@ -114,8 +114,8 @@ while i <= last do
   local stop = i + 1 + tonumber(ARGV[i + 1])
   i = i + 2
   while i <= stop do
-    local key, n = ARGV[i], tonumber(ARGV[i + 4])
-    local delta = held and ARGV[i + 1] or ARGV[i + 2]
+    local key, n = ARGV[i + 2], tonumber(ARGV[i + 4])
+    local delta = held and ARGV[i] or ARGV[i + 1]
     if delta ~= '0' then
       local ttl = ARGV[i + 3]
       if redis.call('INCRBY', key, delta) == tonumber(delta) and ttl ~= '0' then redis.call('EXPIRE', key, ttl) end
@@ -161,22 +161,36 @@ return out
 """
 
 
+class _Script:
+    """A Lua script, and the encoded start of its ``EVALSHA`` call (a script's SHA1 is known in advance)."""
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.head = bulk("EVALSHA") + bulk(self.sha) + bulk(0)
+
+
+_RESERVE = _Script("reserve", RESERVE)
+_SETTLE = _Script("settle", SETTLE)
+_READ = _Script("read", READ)
+_ADD = _Script("add", ADD)
+_SWEEP = (bulk(0), bulk(1))
+
+
 class _Settle:
-    """One queued settle: its script arguments and who waits for its totals."""
+    """One queued settle: its encoded arguments and who waits for its totals."""
 
-    __slots__ = ("args", "positions", "size", "future")
+    __slots__ = ("parts", "argc", "positions", "size", "future")
 
-    def __init__(self, args: list[Any], positions: list[int], size: int, future: asyncio.Future[tuple[int, ...]]) -> None:
-        self.args = args
+    def __init__(
+        self, parts: bytes, argc: int, positions: list[int], size: int, future: asyncio.Future[tuple[int, ...]]
+    ) -> None:
+        self.parts = parts
+        self.argc = argc
         self.positions = positions  # which charges report a total (the others get 0)
         self.size = size
         self.future = future
-
-
-def member_of(reservation_id: str, charges: Sequence[Charge]) -> str:
-    """The sorted-set member of a reservation: its id and what it holds (the same at reserve and settle)."""
-    held = [f"{charge.key}\0{charge.amount}" for charge in charges if charge.amount]
-    return "\0".join((reservation_id, *held))
 
 
 class RedisCounterStore(CounterStore):
@@ -196,18 +210,19 @@ class RedisCounterStore(CounterStore):
         self.timeout_s = timeout_s
         # one pipelined connection: every caller shares it, no pool checkout per command
         self.connection = RedisConnection(url, timeout_s=timeout_s)
-        self._zset = f"{prefix}resv"
-        self._shas: dict[str, str] = {}
+        self._zset = bulk(f"{prefix}resv")
         self._next_sweep = 0.0
-        # the fixed arguments of a charge (limit, ttl, window), by (limit, ttl, window, report)
-        self._tails: dict[tuple[int | None, int, tuple[str, ...], bool], tuple[Any, ...]] = {}
+        # a charge's fixed arguments, encoded: (key, limit, ttl, window, report) -> (bytes, count)
+        self._reserve_parts: dict[tuple[str, int | None, int, tuple[str, ...], bool], tuple[bytes, int]] = {}
+        self._settle_parts: dict[tuple[str, int, tuple[str, ...], bool], tuple[bytes, int]] = {}
+        self._member_parts: dict[str, bytes] = {}
         self._queued: list[_Settle] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Future[Any]] = set()
 
     async def start(self) -> None:
-        for name, script in (("reserve", RESERVE), ("settle", SETTLE), ("read", READ), ("add", ADD)):
-            self._shas[name] = await self._guard(self.connection.execute("SCRIPT", "LOAD", script))
+        for script in (_RESERVE, _SETTLE, _READ, _ADD):
+            await self._load(script)
 
     async def aclose(self) -> None:
         """Send the settles still queued, wait for every one in flight, then close the connection."""
@@ -226,35 +241,67 @@ class RedisCounterStore(CounterStore):
         except RedisCommandError as exc:
             raise CounterStoreUnavailable(f"Redis at {self.url} failed: {exc}") from exc
 
-    async def _run(self, name: str, script: str, args: list[Any]) -> Any:
-        sha = self._shas.get(name)
-        if sha is not None:
-            try:
-                return await self.connection.execute("EVALSHA", sha, 0, *args)
-            except RedisCommandError as exc:
-                if not exc.no_script:
-                    raise CounterStoreUnavailable(f"Redis at {self.url} failed: {exc}") from exc
-            except RedisUnavailable as exc:
-                raise CounterStoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
-        # not loaded yet, or Redis restarted (or SCRIPT FLUSH): load again once
-        self._shas[name] = await self._guard(self.connection.execute("SCRIPT", "LOAD", script))
-        return await self._guard(self.connection.execute("EVALSHA", self._shas[name], 0, *args))
+    async def _load(self, script: _Script) -> None:
+        sha = await self._guard(self.connection.execute("SCRIPT", "LOAD", script.source))
+        if sha.decode() != script.sha:  # cannot happen with a real Redis; would make every EVALSHA miss
+            raise CounterStoreUnavailable(f"Redis at {self.url} named the {script.name} script {sha!r}, not {script.sha}")
 
-    def _tail(self, charge: Charge, report: bool) -> tuple[Any, ...]:
-        """``(limit, ttl, n, window keys…)`` of a charge: built once per window, reused by every call."""
-        cache_key = (charge.limit, charge.ttl_s, charge.window, report)
-        tail = self._tails.get(cache_key)
-        if tail is None:
-            if not report:
-                tail = (-1 if charge.limit is None else charge.limit, charge.ttl_s, -1)
-            elif len(charge.window) == 1 and charge.window[0] == charge.key:
-                tail = (-1 if charge.limit is None else charge.limit, charge.ttl_s, 0)
-            else:
-                tail = (-1 if charge.limit is None else charge.limit, charge.ttl_s, len(charge.window), *charge.window)
-            if len(self._tails) >= _ARGS_CACHE_LIMIT:
-                self._tails.clear()
-            self._tails[cache_key] = tail
-        return tail
+    async def _call(self, script: _Script, command: bytes) -> Any:
+        """Run an encoded ``EVALSHA`` of ``script``; load the script once if Redis does not have it."""
+        try:
+            return await self.connection.execute_packed(command)
+        except RedisCommandError as exc:
+            if not exc.no_script:
+                raise CounterStoreUnavailable(f"Redis at {self.url} failed: {exc}") from exc
+        except RedisUnavailable as exc:
+            raise CounterStoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+        # Redis restarted (or SCRIPT FLUSH): load again once; the SHA1, hence the command, stays the same
+        await self._load(script)
+        return await self._guard(self.connection.execute_packed(command))
+
+    async def _run(self, script: _Script, args: list[Any]) -> Any:
+        parts = [script.head, *(bulk(arg) for arg in args)]
+        return await self._call(script, packed(len(parts) + 2, parts))
+
+    def _reserve_part(self, charge: Charge, report: bool) -> tuple[bytes, int]:
+        """``key, limit, ttl, n, window keys…`` of a charge, encoded once per window."""
+        cache_key = (charge.key, charge.limit, charge.ttl_s, charge.window, report)
+        part = self._reserve_parts.get(cache_key)
+        if part is None:
+            limit = -1 if charge.limit is None else charge.limit
+            fields: list[Any] = [charge.key, limit, charge.ttl_s, *_window_fields(charge, report)]
+            part = (b"".join(bulk(field) for field in fields), len(fields))
+            if len(self._reserve_parts) >= _ARGS_CACHE_LIMIT:
+                self._reserve_parts.clear()
+            self._reserve_parts[cache_key] = part
+        return part
+
+    def _settle_part(self, charge: Charge) -> tuple[bytes, int]:
+        """``key, ttl, n, window keys…`` of a charge at settle, encoded once per window."""
+        cache_key = (charge.key, charge.ttl_s, charge.window, charge.report)
+        part = self._settle_parts.get(cache_key)
+        if part is None:
+            fields: list[Any] = [charge.key, charge.ttl_s, *_window_fields(charge, charge.report)]
+            part = (b"".join(bulk(field) for field in fields), len(fields))
+            if len(self._settle_parts) >= _ARGS_CACHE_LIMIT:
+                self._settle_parts.clear()
+            self._settle_parts[cache_key] = part
+        return part
+
+    def _member(self, reservation_id: str, charges: Sequence[Charge]) -> bytes:
+        """The sorted-set member of a reservation: its id and what it holds (the same at reserve and settle)."""
+        names = self._member_parts
+        pieces = [reservation_id.encode()]
+        for charge in charges:
+            if charge.amount:
+                name = names.get(charge.key)
+                if name is None:
+                    if len(names) >= _ARGS_CACHE_LIMIT:
+                        names.clear()
+                    name = names[charge.key] = b"\0%s\0" % charge.key.encode()
+                pieces.append(name)
+                pieces.append(b"%d" % charge.amount)
+        return b"".join(pieces)
 
     # operations -----------------------------------------------------------------
 
@@ -263,13 +310,15 @@ class RedisCounterStore(CounterStore):
         sweep = now >= self._next_sweep  # expired reservations are looked for at most once a second
         if sweep:
             self._next_sweep = now + 1.0
-        args: list[Any] = [self._zset, member_of(reservation_id, charges), now, now + ttl_s, 1 if sweep else 0]
+        parts = [_RESERVE.head, self._zset, bulk(self._member(reservation_id, charges)), bulk(now), bulk(now + ttl_s), _SWEEP[sweep]]
+        argc = 8
         for charge in charges:
             # an unlimited charge that reports nothing (a meter) is only counted, never read
-            args.append(charge.key)
-            args.append(charge.amount)
-            args.extend(self._tail(charge, charge.report or charge.limit is not None))
-        answer = await self._run("reserve", RESERVE, args)
+            part, count = self._reserve_part(charge, charge.report or charge.limit is not None)
+            parts.append(b"$%d\r\n%d\r\n" % (len(str(charge.amount)), charge.amount))
+            parts.append(part)
+            argc += 1 + count
+        answer = await self._call(_RESERVE, packed(argc, parts))
         if answer[0] == 1:
             return Admission(True, tuple(answer[1:]))
         refused = answer[1]
@@ -282,21 +331,23 @@ class RedisCounterStore(CounterStore):
         self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]
     ) -> asyncio.Future[tuple[int, ...]]:
         """Queue the settle; every settle queued in this event-loop turn goes out as one script call."""
-        args: list[Any] = [member_of(reservation_id, charges), 0]
+        parts: list[bytes] = []
+        argc = 0
         positions: list[int] = []
         for index, (charge, amount) in enumerate(zip(charges, actual)):
             if amount == charge.amount and not charge.report:
                 continue  # nothing changes and nothing to report: a request count, a block check
-            args.append(charge.key)
-            args.append(amount - charge.amount)
-            args.append(amount)
-            args.extend(self._tail(charge, charge.report)[1:])
+            part, count = self._settle_part(charge)
+            parts.append(bulk(amount - charge.amount))
+            parts.append(bulk(amount))
+            parts.append(part)
+            argc += 2 + count
             if charge.report:
                 positions.append(index)
-        args[1] = len(args) - 2
+        group = bulk(self._member(reservation_id, charges)) + bulk(argc) + b"".join(parts)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, ...]] = loop.create_future()
-        self._queued.append(_Settle(args, positions, len(charges), future))
+        self._queued.append(_Settle(group, argc + 2, positions, len(charges), future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -308,18 +359,20 @@ class RedisCounterStore(CounterStore):
         queued, self._queued = self._queued, []
         if not queued:
             return
-        args: list[Any] = [self._zset]
+        parts = [_SETTLE.head, self._zset]
+        argc = 4
         for settle in queued:
-            args.extend(settle.args)
-        sha = self._shas.get("settle")
-        sent = self.connection.send("EVALSHA", sha, 0, *args) if sha is not None else None
-        if sent is None:  # not connected (or scripts not loaded): the slow path connects first
-            self._track(asyncio.ensure_future(self._send_slowly(queued, args)))
+            parts.append(settle.parts)
+            argc += settle.argc
+        command = packed(argc, parts)
+        sent = self.connection.send_packed(command)
+        if sent is None:  # not connected: the slow path connects first
+            self._track(asyncio.ensure_future(self._send_slowly(queued, command)))
             return
         self._track(sent)
-        sent.add_done_callback(lambda reply: self._on_reply(queued, args, reply))
+        sent.add_done_callback(lambda reply: self._on_reply(queued, command, reply))
 
-    def _on_reply(self, queued: list[_Settle], args: list[Any], reply: asyncio.Future[Any]) -> None:
+    def _on_reply(self, queued: list[_Settle], command: bytes, reply: asyncio.Future[Any]) -> None:
         if reply.cancelled():
             _fail(queued, CounterStoreUnavailable("settling was cancelled"))
             return
@@ -327,13 +380,13 @@ class RedisCounterStore(CounterStore):
         if exc is None:
             _resolve(queued, reply.result())
         elif isinstance(exc, RedisCommandError) and exc.no_script:
-            self._track(asyncio.ensure_future(self._send_slowly(queued, args)))
+            self._track(asyncio.ensure_future(self._send_slowly(queued, command)))
         else:
             _fail(queued, exc)
 
-    async def _send_slowly(self, queued: list[_Settle], args: list[Any]) -> None:
+    async def _send_slowly(self, queued: list[_Settle], command: bytes) -> None:
         try:
-            totals = await self._run("settle", SETTLE, args)
+            totals = await self._call(_SETTLE, command)
         except BaseException as exc:  # handed to every waiting settle (logged by the enforcer)
             _fail(queued, exc)
             return
@@ -350,16 +403,25 @@ class RedisCounterStore(CounterStore):
         for window in windows:
             args.append(len(window))
             args.extend(window)
-        return list(await self._run("read", READ, args))
+        return list(await self._run(_READ, args))
 
     async def add(self, key: str, amount: int, ttl_s: int = 0) -> int:
-        return int(await self._run("add", ADD, [key, amount, ttl_s]))
+        return int(await self._run(_ADD, [key, amount, ttl_s]))
 
     async def claim(self, key: str, ttl_s: int) -> bool:
         return await self._guard(self.connection.execute("SET", key, "1", "NX", "EX", max(1, ttl_s))) is not None
 
     async def exists(self, key: str) -> bool:
         return bool(await self._guard(self.connection.execute("EXISTS", key)))
+
+
+def _window_fields(charge: Charge, report: bool) -> list[Any]:
+    """``n, window keys…``: -1 (count only), 0 (the key alone) or the window's keys."""
+    if not report:
+        return [-1]
+    if len(charge.window) == 1 and charge.window[0] == charge.key:
+        return [0]
+    return [len(charge.window), *charge.window]
 
 
 def _resolve(queued: list[_Settle], totals: list[Any]) -> None:

@@ -35,6 +35,29 @@ import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
 
 
+def bulk(value: bytes | str | int | float) -> bytes:
+    """One command argument in RESP (``$<length>\\r\\n<bytes>\\r\\n``).
+
+    For callers that build a command from parts encoded once and reused
+    (``send_packed``): joining cached bytes is several times cheaper than
+    packing every argument of every call.
+    """
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str):
+        data = value.encode()
+    elif isinstance(value, int):
+        data = b"%d" % value
+    else:
+        data = repr(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def packed(argc: int, parts: list[bytes]) -> bytes:
+    """A whole command from ``argc`` arguments already encoded with ``bulk`` (in ``parts``)."""
+    return b"*%d\r\n%s" % (argc, b"".join(parts))
+
+
 class RedisUnavailable(Exception):
     """Redis could not be reached, dropped the connection or did not answer in time."""
 
@@ -166,12 +189,23 @@ class RedisConnection:
             return None
         return protocol.send(hiredis.pack_command(args))
 
+    def send_packed(self, command: bytes) -> asyncio.Future[Any] | None:
+        """``send`` for a command already in RESP (see ``packed``)."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            return None
+        return protocol.send(command)
+
     async def execute(self, *args: Any) -> Any:
         """Send one command and wait for its reply (connecting first if needed)."""
+        return await self.execute_packed(hiredis.pack_command(args))
+
+    async def execute_packed(self, command: bytes) -> Any:
+        """``execute`` for a command already in RESP (see ``packed``)."""
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._connect()
-        return await protocol.send(hiredis.pack_command(args))
+        return await protocol.send(command)
 
     async def _connect(self) -> _Protocol:
         """Open the connection once for every caller waiting on it."""
