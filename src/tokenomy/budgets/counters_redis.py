@@ -10,15 +10,17 @@ removes it (and learns whether it was still held) in one command, and
 on their own.
 
 Settles leave the request's path: ``settle_soon`` queues them and sends
-everything queued in one event-loop turn as one script call, after the answer
-has gone out; ``aclose`` sends what is still queued and waits for it.
+those queued within ``settle_delay_s`` as one script call, after the answers
+have gone out; ``aclose`` sends what is still queued and waits for it.
 
-The hot path runs on one pipelined connection (``store.redis_connection``):
-``bench/budget_overhead.py`` showed a general-purpose client's pool and
-timeouts costing more than the round trip. Arguments are flat (one ARGV per
-field, full keys): splitting packed fields in Lua cost more Redis CPU than the
-increments themselves, and with hiredis packing the command, sending more
-arguments costs next to nothing.
+Measured with ``bench/budget_overhead.py`` (docs/budgets.md), each choice here:
+the hot path runs on one pipelined connection (``store.redis_connection``),
+because a general-purpose client's pool and per-read timeouts cost more than
+the round trip; arguments are flat (one ARGV per field, full keys), because
+splitting packed fields in Lua cost more Redis CPU than the increments
+themselves; and a command is joined from parts encoded once per window (a
+charge's key, limit, lifetime and window keys), because packing some sixty
+arguments per call cost more than the rest of the client side together.
 
 Keys are passed in ARGV rather than KEYS because a call's counters are only
 known at run time; that is fine on a single Redis (or Sentinel), not on Redis
@@ -41,6 +43,8 @@ Clock = Callable[[], float]
 
 #: How many expired reservations one ``reserve`` releases at most (keeps the script short).
 SWEEP_BATCH = 16
+#: Settles sent at once at most (a longer script would hold Redis up for the reservations behind it).
+SETTLE_BATCH = 64
 
 #: Entries of the per-charge argument cache before it is cleared (windows change once a slot or period).
 _ARGS_CACHE_LIMIT = 20_000
@@ -203,11 +207,14 @@ class RedisCounterStore(CounterStore):
         prefix: str = "tokenomy:",
         clock: Clock = time.time,
         timeout_s: float = 2.0,
+        settle_delay_s: float = 0.005,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.clock = clock
         self.timeout_s = timeout_s
+        #: how long a settle may wait for others to go out with (one script call for all)
+        self.settle_delay_s = settle_delay_s
         # one pipelined connection: every caller shares it, no pool checkout per command
         self.connection = RedisConnection(url, timeout_s=timeout_s)
         self._zset = bulk(f"{prefix}resv")
@@ -218,6 +225,7 @@ class RedisCounterStore(CounterStore):
         self._member_parts: dict[str, bytes] = {}
         self._queued: list[_Settle] = []
         self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
         self._in_flight: set[asyncio.Future[Any]] = set()
 
     async def start(self) -> None:
@@ -330,7 +338,13 @@ class RedisCounterStore(CounterStore):
     def settle_soon(
         self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]
     ) -> asyncio.Future[tuple[int, ...]]:
-        """Queue the settle; every settle queued in this event-loop turn goes out as one script call."""
+        """Queue the settle; the settles queued within ``settle_delay_s`` go out as one script call.
+
+        Waiting a few milliseconds costs nothing a caller sees (the answer has
+        gone) and only holds a call's worst case that much longer — the safe
+        side; in exchange Redis runs one script for many settles instead of one
+        each, and the reservations of the calls in between are not queued behind them.
+        """
         parts: list[bytes] = []
         argc = 0
         positions: list[int] = []
@@ -348,14 +362,22 @@ class RedisCounterStore(CounterStore):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, ...]] = loop.create_future()
         self._queued.append(_Settle(group, argc + 2, positions, len(charges), future))
-        if not self._flush_scheduled:
+        if len(self._queued) >= SETTLE_BATCH:
+            self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(self._flush)
+            if self.settle_delay_s > 0:
+                self._timer = loop.call_later(self.settle_delay_s, self._flush)
+            else:
+                loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
         """Send every queued settle as one script call (no task: the reply resolves them)."""
         self._flush_scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         queued, self._queued = self._queued, []
         if not queued:
             return

@@ -11,6 +11,7 @@ and spend rates. Calls no rule applies to cost nothing but a dictionary lookup.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import math
@@ -79,6 +80,7 @@ class BudgetEnforcer:
         self._id_base = uuid.uuid4().hex[:16]
         self._ids = itertools.count()
         self._pending: set[asyncio.Future[Any]] = set()  # background settles, alerts and checks
+        self._deferred: list[tuple[Ticket, Call, BaseException | None]] = []  # noted by settle_later
         self.thresholds = ThresholdAlerts(store, alerts, prefix=self.prefix, clock=clock) if alerts is not None else None
 
     # admission --------------------------------------------------------------
@@ -144,7 +146,7 @@ class BudgetEnforcer:
                     return await self._admit(call, budgets, limits, meters, downgraded=True)
             raise self.refusal(call, info, charge, total, now)
         ticket.headers = self._headers(charges, infos, admission.totals, now)
-        ticket.charges = self._reporting(charges, infos, admission.totals)
+        ticket.totals = admission.totals
         return ticket
 
     def _reservation_id(self) -> str:
@@ -163,15 +165,20 @@ class BudgetEnforcer:
             infos.append(template.info)
         return charges, infos
 
-    def _reporting(self, charges: list[Charge], infos: list[ChargeInfo], totals: tuple[int, ...]) -> list[Charge]:
-        """Ask the settle for a budget's new total only if it may have crossed an alert threshold.
+    def _settled_charges(self, ticket: Ticket) -> list[Charge]:
+        """The ticket's charges as the settle sends them: a budget's new total is asked for only if it
+        may have crossed an alert threshold.
 
         The total at reservation already counts this call's worst case, and a
         settle only lowers it (actual ≤ reserved), so below the lowest threshold
         there is nothing to alert on — and the store need not sum the window again.
+        Tickets without reservation totals (batches) report every budget.
         """
+        charges, totals = ticket.charges, ticket.totals
+        if not totals:
+            return charges
         out = charges
-        for index, (charge, info, total) in enumerate(zip(charges, infos, totals)):
+        for index, (charge, info, total) in enumerate(zip(charges, ticket.infos, totals)):
             if info.kind != "budget" or not charge.report:
                 continue
             rule: BudgetRule = info.rule
@@ -278,19 +285,34 @@ class BudgetEnforcer:
     # settlement ---------------------------------------------------------------
 
     def settle_later(self, ticket: Ticket | None, call: Call, exc: BaseException | None = None) -> None:
-        """Settle off the request's path: the answer does not wait for the store.
+        """Settle off the request's path: neither the answer nor the work of settling waits.
 
-        The store sends the settle after this event-loop turn (together with
-        any others queued in it); alert and runaway checks follow only when a
-        total calls for them, so a plain call schedules no task at all.
+        The settle is only noted here; it is worked out when the event loop
+        next runs (after the answer has been written) and the store sends it
+        with the others of that turn. Alert and runaway checks follow only when
+        a total calls for them, so a plain call schedules no task at all.
+        ``drain`` settles whatever is still noted.
         """
         if ticket is None or ticket.settled:
             return
-        usd, tokens = self._spent(ticket, call, exc)
         ticket.settled = True
-        future = self.store.settle_soon(ticket.reservation_id, ticket.charges, self._actual(ticket, usd, tokens))
-        self._pending.add(future)
-        future.add_done_callback(lambda done: self._settled(ticket, call.request_id, done))
+        if not self._deferred:
+            asyncio.get_running_loop().call_soon(self._settle_deferred)
+        self._deferred.append((ticket, call, exc))
+
+    def _settle_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for ticket, call, exc in deferred:
+            try:
+                usd, tokens = self._spent(ticket, call, exc)
+                future = self.store.settle_soon(
+                    ticket.reservation_id, self._settled_charges(ticket), self._actual(ticket, usd, tokens)
+                )
+            except Exception:  # one bad settle must not lose the others; it is logged with its trace
+                log.exception("settling %s failed; its reservation will expire", call.request_id or ticket.reservation_id)
+                continue
+            self._pending.add(future)
+            future.add_done_callback(functools.partial(self._settled, ticket, call.request_id))
 
     def _settled(self, ticket: Ticket, request_id: str, done: asyncio.Future[tuple[int, ...]]) -> None:
         self._pending.discard(done)
@@ -351,7 +373,9 @@ class BudgetEnforcer:
             return
         ticket.settled = True
         try:
-            totals = await self.store.settle(ticket.reservation_id, ticket.charges, self._actual(ticket, usd, tokens))
+            totals = await self.store.settle(
+                ticket.reservation_id, self._settled_charges(ticket), self._actual(ticket, usd, tokens)
+            )
         except CounterStoreUnavailable as exc_store:
             # the reservation expires on its own; the ledger still has the cost for reconciliation
             log.error("settling %s failed (%s); its reservation will expire", request_id or ticket.reservation_id, exc_store)
@@ -377,9 +401,11 @@ class BudgetEnforcer:
                 await self.runaway.observe(info.scope, info.subject)
 
     async def drain(self) -> None:
-        """Wait for background settles and alerts (tests, shutdown)."""
+        """Send the settles still noted and wait for them and for alerts (tests, shutdown)."""
+        self._settle_deferred()
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+            self._settle_deferred()
 
 
 def check_model_allowed(call: Call) -> None:

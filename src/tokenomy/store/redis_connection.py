@@ -87,8 +87,9 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.lost: BaseException | None = None
         self._watch: asyncio.TimerHandle | None = None
-        #: commands packed in this event-loop turn, written together when it ends
+        #: commands sent in this event-loop turn after its first, written together when it ends
         self._out: list[bytes] | None = None
+        self._wrote = False  # whether this turn already wrote a command
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport subclasses
@@ -99,17 +100,25 @@ class _Protocol(asyncio.Protocol):
         future = self.loop.create_future()
         now = self.loop.time()
         self.waiting.append((future, now))
-        if self._out is None:
+        if self._out is not None:
+            self._out.append(packed)
+        elif self._wrote:
+            # a command already went out in this turn: the rest of the turn's go together
             self._out = [packed]
             self.loop.call_soon(self._write)
         else:
-            self._out.append(packed)
+            self.transport.write(packed)  # the first of a turn goes at once: nothing waits for it
+            self._wrote = True
+            self.loop.call_soon(self._turn_ended)
         if self._watch is None:
             self._watch = self.loop.call_at(now + self.timeout_s, self._check)
         return future
 
+    def _turn_ended(self) -> None:
+        self._wrote = False
+
     def _write(self) -> None:
-        """One write for every command of the turn: each write may wake Redis (and cost a context switch)."""
+        """One write for the rest of the turn's commands: each write may wake Redis (and cost a context switch)."""
         out, self._out = self._out, None
         if out and self.lost is None and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
