@@ -180,6 +180,16 @@ _SETTLE = _Script("settle", SETTLE)
 _READ = _Script("read", READ)
 _ADD = _Script("add", ADD)
 _SWEEP = (bulk(0), bulk(1))
+#: small integers, encoded in advance (request counts, zero meters, most token counts)
+_SMALL = tuple(bulk(i) for i in range(4096))
+
+
+def _int(value: int) -> bytes:
+    """``bulk(value)`` for an integer, faster."""
+    if 0 <= value < 4096:
+        return _SMALL[value]
+    digits = b"%d" % value
+    return b"$%d\r\n%s\r\n" % (len(digits), digits)
 
 
 class _Settle:
@@ -323,7 +333,7 @@ class RedisCounterStore(CounterStore):
         for charge in charges:
             # an unlimited charge that reports nothing (a meter) is only counted, never read
             part, count = self._reserve_part(charge, charge.report or charge.limit is not None)
-            parts.append(b"$%d\r\n%d\r\n" % (len(str(charge.amount)), charge.amount))
+            parts.append(_int(charge.amount))
             parts.append(part)
             argc += 1 + count
         answer = await self._call(_RESERVE, packed(argc, parts))
@@ -352,13 +362,13 @@ class RedisCounterStore(CounterStore):
             if amount == charge.amount and not charge.report:
                 continue  # nothing changes and nothing to report: a request count, a block check
             part, count = self._settle_part(charge)
-            parts.append(bulk(amount - charge.amount))
-            parts.append(bulk(amount))
+            parts.append(_int(amount - charge.amount))
+            parts.append(_int(amount))
             parts.append(part)
             argc += 2 + count
             if charge.report:
                 positions.append(index)
-        group = bulk(self._member(reservation_id, charges)) + bulk(argc) + b"".join(parts)
+        group = bulk(self._member(reservation_id, charges)) + _int(argc) + b"".join(parts)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, ...]] = loop.create_future()
         self._queued.append(_Settle(group, argc + 2, positions, len(charges), future))
