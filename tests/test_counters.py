@@ -182,3 +182,30 @@ async def test_redis_store_loads_its_script_again_when_redis_lost_it(clock: Fake
         server.reply(b"*2\r\n:1\r\n:5\r\n")
         assert await reserving == Admission(True, (5,))
         await store.aclose()
+
+
+async def test_redis_store_releases_expired_reservations_of_the_earlier_format(clock: FakeClock) -> None:
+    """Reservations made by an earlier version (id in the sorted set, holdings under ``res:<id>``) still expire."""
+    import redis.asyncio as aioredis
+
+    from tests.budget_fixtures import REDIS_URL, clear_prefix, redis_prefix, require_redis
+    from tokenomy.budgets.counters_redis import RedisCounterStore
+
+    await require_redis()
+    prefix = redis_prefix()
+    client = aioredis.Redis.from_url(REDIS_URL)
+    store = RedisCounterStore(REDIS_URL, prefix=prefix, clock=clock)
+    try:
+        await client.incrby(prefix + "a", 70)
+        await client.set(prefix + "res:old1", "a\0" + "70")
+        await client.zadd(prefix + "resv", {"old1": clock() - 5})
+        await store.start()
+        a = Charge(prefix + "a", 40, 100, (prefix + "a",), ttl_s=3600)
+        admitted = await store.reserve("r1", [a], ttl_s=60)  # sweeps first: the old 70 is released
+        assert admitted.admitted and admitted.totals == (40,)
+        assert await client.exists(prefix + "res:old1") == 0
+        assert await client.zscore(prefix + "resv", "old1") is None
+    finally:
+        await store.aclose()
+        await client.aclose()
+        await clear_prefix(prefix)

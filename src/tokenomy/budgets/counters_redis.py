@@ -63,17 +63,31 @@ _ARGS_CACHE_LIMIT = 20_000
 # Returns {1, total…} when admitted (0 for count-only charges); {0, refused index, total before} when not.
 RESERVE = """
 local zset, member, now, deadline = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local function split(s)
+  local f, at = {}, 1
+  while true do
+    local j = string.find(s, '\\0', at, true)
+    if not j then f[#f + 1] = string.sub(s, at); return f end
+    f[#f + 1] = string.sub(s, at, j - 1)
+    at = j + 1
+  end
+end
 if ARGV[5] == '1' then
   for _, old in ipairs(redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, %d)) do
     -- the member: reservation id, then (key, amount) pairs, NUL-separated
-    local f, at = {}, 1
-    while true do
-      local j = string.find(old, '\\0', at, true)
-      if not j then f[#f + 1] = string.sub(old, at); break end
-      f[#f + 1] = string.sub(old, at, j - 1)
-      at = j + 1
+    local f = split(old)
+    if #f > 1 then
+      for k = 2, #f - 1, 2 do redis.call('DECRBY', f[k], f[k + 1]) end
+    else
+      -- made by an earlier version: the id alone, its holdings in <prefix>res:<id>, keys relative to the prefix
+      local prefix = string.sub(zset, 1, #zset - 4)
+      local held = redis.call('GET', prefix .. 'res:' .. old)
+      if held then
+        local h = split(held)
+        for k = 1, #h - 1, 2 do redis.call('DECRBY', prefix .. h[k], h[k + 1]) end
+        redis.call('DEL', prefix .. 'res:' .. old)
+      end
     end
-    for k = 2, #f - 1, 2 do redis.call('DECRBY', f[k], f[k + 1]) end
     redis.call('ZREM', zset, old)
   end
 end
