@@ -116,3 +116,31 @@ async def test_unreachable_redis_fails_fast() -> None:
         await conn.execute("PING")
     assert time.monotonic() - started < 1.0
     await conn.aclose()
+
+
+async def test_password_and_database_from_the_url_are_sent_first() -> None:
+    async with RespServer() as server:
+        url = server.url.replace("redis://", "redis://:s3cret@").replace("/0", "/3")
+        conn = RedisConnection(url, timeout_s=5)
+        pending = asyncio.ensure_future(conn.execute("PING"))
+        await server.wait_for(1)
+        assert server.commands[0] == [b"AUTH", b"s3cret"]
+        server.reply(b"+OK\r\n")
+        await server.wait_for(2)
+        assert server.commands[1] == [b"SELECT", b"3"]
+        server.reply(b"+OK\r\n")
+        await server.wait_for(3)
+        server.reply(b"+PONG\r\n")
+        assert await pending == b"PONG"
+        await conn.aclose()
+
+
+async def test_a_refused_password_is_an_error_reply() -> None:
+    async with RespServer() as server:
+        conn = RedisConnection(server.url.replace("redis://", "redis://:wrong@"), timeout_s=5)
+        pending = asyncio.ensure_future(conn.execute("PING"))
+        await server.wait_for(1)
+        server.reply(b"-WRONGPASS invalid username-password pair\r\n")
+        with pytest.raises(RedisCommandError, match="WRONGPASS"):
+            await pending
+        await conn.aclose()

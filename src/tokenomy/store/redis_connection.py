@@ -177,8 +177,26 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(exc)
 
 
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS settings of a ``rediss://`` URL (``ssl_ca_certs``, ``ssl_certfile``/``ssl_keyfile``,
+    ``ssl_cert_reqs=none``, ``ssl_check_hostname=false``), as redis-py reads them."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    if options.get("ssl_check_hostname") is False:
+        context.check_hostname = False
+    if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class RedisConnection:
-    """A single pipelined connection, opened on first use and again after it is lost."""
+    """A single pipelined connection, opened on first use and again after it is lost.
+
+    ``url`` is read as redis-py reads it: ``redis://[user:password@]host:port/db``,
+    ``rediss://`` (TLS) and ``unix:///path?db=N``.
+    """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, timeout_s: float = 2.0) -> None:
         self.url = url
@@ -187,19 +205,13 @@ class RedisConnection:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
-    def send(self, *args: Any) -> asyncio.Future[Any] | None:
-        """Send a command now if connected and return the future of its reply; ``None`` if not connected.
-
-        The reply resolves the future (a ``RedisCommandError`` for an error
-        reply, ``RedisUnavailable`` if the connection is lost first).
-        """
-        protocol = self._protocol
-        if protocol is None or protocol.lost is not None:
-            return None
-        return protocol.send(hiredis.pack_command(args))
-
     def send_packed(self, command: bytes) -> asyncio.Future[Any] | None:
-        """``send`` for a command already in RESP (see ``packed``)."""
+        """Send a command already in RESP (see ``packed``) now, if connected; ``None`` if not.
+
+        Returns the future of its reply, for callers that would rather add a
+        callback than await (a ``RedisCommandError`` for an error reply,
+        ``RedisUnavailable`` if the connection is lost first).
+        """
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             return None
@@ -218,14 +230,12 @@ class RedisConnection:
 
     async def _connect(self) -> _Protocol:
         """Open the connection once for every caller waiting on it."""
-        if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._open())
         connecting = self._connecting
-        try:
-            return await asyncio.shield(connecting)
-        finally:
-            if connecting.done() and self._connecting is connecting:
-                self._connecting = None
+        if connecting is None or connecting.done():
+            connecting = self._connecting = asyncio.ensure_future(self._open())
+            # read the outcome even if every caller gave up waiting (no "exception never retrieved")
+            connecting.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return await asyncio.shield(connecting)
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -235,12 +245,7 @@ class RedisConnection:
                 opening = loop.create_unix_connection(lambda: _Protocol(loop, self.timeout_s), options["path"])
             else:
                 host, port = options.get("host", "127.0.0.1"), int(options.get("port", 6379))
-                context = None
-                if options.get("connection_class") is SSLConnection:
-                    context = ssl.create_default_context()
-                    if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-                        context.check_hostname = False
-                        context.verify_mode = ssl.CERT_NONE
+                context = _tls_context(options) if options.get("connection_class") is SSLConnection else None
                 opening = loop.create_connection(
                     lambda: _Protocol(loop, self.timeout_s), host, port, ssl=context, server_hostname=host if context else None
                 )
@@ -270,6 +275,8 @@ class RedisConnection:
 
     async def aclose(self) -> None:
         """Close the connection; commands still waiting fail with ``RedisUnavailable``."""
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
