@@ -55,6 +55,17 @@ async def clear_prefix(prefix: str) -> None:
         await client.aclose()
 
 
+async def redis_keys(pattern: str) -> list[str]:
+    """Every key in the test Redis matching ``pattern`` (the stores keep no general-purpose client)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        return [key.decode() async for key in client.scan_iter(match=pattern, count=1000)]
+    finally:
+        await client.aclose()
+
+
 async def require_redis() -> None:
     import redis.asyncio as aioredis
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.budget_fixtures import REDIS_URL, FakeClock, clear_prefix, redis_prefix, require_redis
+from tests.budget_fixtures import REDIS_URL, FakeClock, clear_prefix, redis_keys, redis_prefix, require_redis
 from tests.budget_helpers import chat_body, one_call_cost, run, start_gateway
 from tokenomy.budgets.counters import NANO
 from tokenomy.errors import BudgetExceeded, BudgetStoreUnavailable, ModelNotAllowed, RateLimitExceeded
@@ -57,7 +57,7 @@ async def _budget_keys(gateway, prefix: str) -> list[str]:
     store = gateway.enforcement.counters
     if hasattr(store, "_settled"):
         return [k for k in store._settled if ":b:" in k or k.startswith("b:")]
-    return [k.decode() async for k in store.client.scan_iter(match=prefix + "b:*")]
+    return await redis_keys(prefix + "b:*")
 
 
 async def test_refusal_names_scope_remaining_and_reset(tmp_path: Path) -> None:

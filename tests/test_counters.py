@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.budget_fixtures import FakeClock
-from tokenomy.budgets.counters import Charge, CounterStore, to_nano
+from tokenomy.budgets.counters import Admission, Charge, CounterStore, to_nano
 
 
 def charge(store: CounterStore, name: str, amount: int, limit: int | None, *, window: tuple[str, ...] = ()) -> Charge:
@@ -110,3 +110,102 @@ async def test_add_without_reservation_counts_in_windows(counters: CounterStore)
     assert await counters.add(prefix + "rebuilt", 2, ttl_s=60) == 42
     a = charge(counters, "rebuilt", 10, 50)
     assert not (await counters.reserve("r1", [a], ttl_s=60)).admitted
+
+
+# Redis store only: how settles travel, and recovery when Redis forgot its scripts -----------
+
+
+async def test_redis_settles_queued_together_go_out_as_one_script_call(clock: FakeClock) -> None:
+    from tests.budget_fixtures import REDIS_URL, clear_prefix, redis_prefix, require_redis
+    from tokenomy.budgets.counters_redis import RedisCounterStore
+
+    await require_redis()
+    prefix = redis_prefix()
+    store = RedisCounterStore(REDIS_URL, prefix=prefix, clock=clock, settle_delay_s=0.05)
+    await store.start()
+    sent = []
+    send = store.connection.send_packed
+    store.connection.send_packed = lambda command: sent.append(command) or send(command)  # type: ignore[method-assign]
+    try:
+        a = Charge(prefix + "a", 10, 1000, (prefix + "a",), ttl_s=3600)
+        for i in range(5):
+            assert (await store.reserve(f"r{i}", [a], ttl_s=60)).admitted
+        futures = [store.settle_soon(f"r{i}", [a], [4]) for i in range(5)]
+        # each reports the window total after its own settle: 50 reserved, 6 given back at a time
+        assert await asyncio.gather(*futures) == [(44,), (38,), (32,), (26,), (20,)]
+        assert len(sent) == 1
+        assert await store.read([(a.key,)]) == [20]
+    finally:
+        await store.aclose()
+        await clear_prefix(prefix)
+
+
+async def test_redis_store_sends_queued_settles_when_closed(clock: FakeClock) -> None:
+    from tests.budget_fixtures import REDIS_URL, clear_prefix, redis_prefix, require_redis
+    from tokenomy.budgets.counters_redis import RedisCounterStore
+
+    await require_redis()
+    prefix = redis_prefix()
+    store = RedisCounterStore(REDIS_URL, prefix=prefix, clock=clock, settle_delay_s=60)
+    await store.start()
+    a = Charge(prefix + "a", 10, 1000, (prefix + "a",), ttl_s=3600, report=False)
+    assert (await store.reserve("r1", [a], ttl_s=60)).admitted
+    pending = store.settle_soon("r1", [a], [3])
+    await store.aclose()
+    assert pending.done() and pending.result() == (0,)
+    again = RedisCounterStore(REDIS_URL, prefix=prefix, clock=clock)
+    await again.start()
+    try:
+        assert await again.read([(a.key,)]) == [3]
+    finally:
+        await again.aclose()
+        await clear_prefix(prefix)
+
+
+async def test_redis_store_loads_its_script_again_when_redis_lost_it(clock: FakeClock) -> None:
+    from tests.fakes.resp_server import RespServer
+    from tokenomy.budgets.counters_redis import RedisCounterStore
+
+    async with RespServer() as server:
+        store = RedisCounterStore(server.url, prefix="p:", clock=clock)
+        a = Charge("p:a", 5, 10, ("p:a",), ttl_s=60)
+        reserving = asyncio.ensure_future(store.reserve("r1", [a], ttl_s=60))
+        await server.wait_for(1)
+        assert server.commands[0][0] == b"EVALSHA"
+        server.reply(b"-NOSCRIPT No matching script. Please use EVAL.\r\n")
+        await server.wait_for(2)
+        assert server.commands[1][:2] == [b"SCRIPT", b"LOAD"]
+        sha = server.commands[0][1]
+        server.reply(b"$40\r\n" + sha + b"\r\n")
+        await server.wait_for(3)
+        assert server.commands[2] == server.commands[0]  # the same command, sent again
+        server.reply(b"*2\r\n:1\r\n:5\r\n")
+        assert await reserving == Admission(True, (5,))
+        await store.aclose()
+
+
+async def test_redis_store_releases_expired_reservations_of_the_earlier_format(clock: FakeClock) -> None:
+    """Reservations made by an earlier version (id in the sorted set, holdings under ``res:<id>``) still expire."""
+    import redis.asyncio as aioredis
+
+    from tests.budget_fixtures import REDIS_URL, clear_prefix, redis_prefix, require_redis
+    from tokenomy.budgets.counters_redis import RedisCounterStore
+
+    await require_redis()
+    prefix = redis_prefix()
+    client = aioredis.Redis.from_url(REDIS_URL)
+    store = RedisCounterStore(REDIS_URL, prefix=prefix, clock=clock)
+    try:
+        await client.incrby(prefix + "a", 70)
+        await client.set(prefix + "res:old1", "a\0" + "70")
+        await client.zadd(prefix + "resv", {"old1": clock() - 5})
+        await store.start()
+        a = Charge(prefix + "a", 40, 100, (prefix + "a",), ttl_s=3600)
+        admitted = await store.reserve("r1", [a], ttl_s=60)  # sweeps first: the old 70 is released
+        assert admitted.admitted and admitted.totals == (40,)
+        assert await client.exists(prefix + "res:old1") == 0
+        assert await client.zscore(prefix + "resv", "old1") is None
+    finally:
+        await store.aclose()
+        await client.aclose()
+        await clear_prefix(prefix)

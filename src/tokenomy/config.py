@@ -188,6 +188,8 @@ class BudgetSettings(Section):
     redis_prefix: str = "tokenomy:"
     #: Seconds a Redis call may take before the store counts as unreachable.
     redis_timeout_s: float = Field(2.0, gt=0)
+    #: Redis backend: how long a settle may wait to go out with others (one script call for all).
+    settle_delay_s: float = Field(0.005, ge=0, le=1)
     state_path: str = ".tokenomy/counters.db"
     #: How often the memory backend writes settled spend to ``state_path``.
     persist_interval_s: float = Field(1.0, gt=0)

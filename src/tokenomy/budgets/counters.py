@@ -18,8 +18,10 @@ through Lua scripts). Both pass the same tests (``tests/test_counters.py``).
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 #: nano-dollars per dollar: counters hold integers
 NANO = 1_000_000_000
@@ -40,8 +42,7 @@ class CounterStoreUnavailable(Exception):
     """The counter store could not be reached (the stage applies the fail-open/closed switch)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
+class Charge(NamedTuple):
     """Add ``amount`` to counter ``key`` if the window's total plus ``amount`` stays ≤ ``limit``.
 
     ``window`` lists the counters whose sum is checked (``(key,)`` except for
@@ -49,7 +50,12 @@ class Charge:
     without checking (soft budgets, runaway meters). ``ttl_s`` is how long the
     counter must live (0: forever). ``report``: whether ``settle`` must return
     this charge's window total (budgets do, for alerts; rate limits need not,
-    which spares the store summing their windows).
+    which spares the store summing their windows). A charge with no limit that
+    reports nothing (a runaway meter) is only counted: the store need not read
+    its window at reservation either (its total may come back as 0).
+
+    A named tuple rather than a frozen dataclass: a call builds several, and
+    a tuple is built in a third of the time.
     """
 
     key: str
@@ -98,6 +104,17 @@ class CounterStore(abc.ABC):
         and that reports nothing may be skipped by the store: after an expiry
         it is then not counted, which only request counts of long-dead calls risk.
         """
+
+    def settle_soon(
+        self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]
+    ) -> asyncio.Future[tuple[int, ...]]:
+        """``settle`` off the caller's path: queued now, sent when the event loop next runs.
+
+        The returned future resolves to what ``settle`` returns (or raises
+        ``CounterStoreUnavailable``). A store may send many queued settles
+        together; ``aclose`` still sends the ones queued.
+        """
+        return asyncio.ensure_future(self.settle(reservation_id, charges, actual))
 
     @abc.abstractmethod
     async def read(self, windows: Sequence[Sequence[str]]) -> list[int]:

@@ -174,6 +174,17 @@ class MemoryCounterStore(CounterStore):
         return Admission(True, tuple(totals))
 
     async def settle(self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]) -> tuple[int, ...]:
+        return self._settle(reservation_id, charges, actual)
+
+    def settle_soon(
+        self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]
+    ) -> asyncio.Future[tuple[int, ...]]:
+        """Settled at once (a few dictionary updates cost less than scheduling them)."""
+        future: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
+        future.set_result(self._settle(reservation_id, charges, actual))
+        return future
+
+    def _settle(self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]) -> tuple[int, ...]:
         now = self.clock()
         held = self._reservations.pop(reservation_id, None)
         if held is not None:

@@ -3,9 +3,24 @@
 Each operation is one Lua script, so a reservation checks and increments all of
 a call's counters (budgets of key, team, org…, rate limits, concurrency) in a
 single round trip with no other client interleaving: two replicas can never
-both take the last dollar. Reservations are kept in a hash per reservation and
-a sorted set by deadline; ``reserve`` releases a few expired ones each time, so
-a crashed replica's reservations come back on their own.
+both take the last dollar. Each held reservation is one member of a sorted set
+scored by its deadline; the member itself lists what it holds, so a settle
+removes it (and learns whether it was still held) in one command, and
+``reserve`` releases expired ones — a crashed replica's reservations come back
+on their own.
+
+Settles leave the request's path: ``settle_soon`` queues them and sends
+those queued within ``settle_delay_s`` as one script call, after the answers
+have gone out; ``aclose`` sends what is still queued and waits for it.
+
+Measured with ``bench/budget_overhead.py`` (docs/budgets.md), each choice here:
+the hot path runs on one pipelined connection (``store.redis_connection``),
+because a general-purpose client's pool and per-read timeouts cost more than
+the round trip; arguments are flat (one ARGV per field, full keys), because
+splitting packed fields in Lua cost more Redis CPU than the increments
+themselves; and a command is joined from parts encoded once per window (a
+charge's key, limit, lifetime and window keys), because packing some sixty
+arguments per call cost more than the rest of the client side together.
 
 Keys are passed in ARGV rather than KEYS because a call's counters are only
 known at run time; that is fine on a single Redis (or Sentinel), not on Redis
@@ -15,143 +30,126 @@ Cluster (which would need every key in one hash slot).
 from __future__ import annotations
 
 import asyncio
-import functools
-import os
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, TimeoutError as RedisTimeoutError
-
 from tokenomy.budgets.counters import Admission, Charge, CounterStore, CounterStoreUnavailable
+from tokenomy.store.redis_connection import RedisCommandError, RedisConnection, RedisUnavailable, bulk, packed
+
 
 Clock = Callable[[], float]
 
-_NUL = "\0"
-
 #: How many expired reservations one ``reserve`` releases at most (keeps the script short).
 SWEEP_BATCH = 16
+#: Settles sent at once at most (a longer script would hold Redis up for the reservations behind it).
+SETTLE_BATCH = 64
 
-# Wire format. Each charge travels as ONE argument, its fields joined by NUL:
-#   key, amount, limit (-1: none), ttl, window base, window suffixes…
-# and every key is relative to the store's prefix (sent once). A rolling
-# window's twelve slot keys share a long base and differ in a few digits, so
-# this sends a few dozen bytes per charge instead of a dozen full keys: the
-# cost of a reservation was dominated by encoding and sending arguments
-# (measured: bench/budget_overhead.py), not by the script.
-_COMMON = """
-local P = ARGV[1]
+#: Entries of the per-charge argument cache before it is cleared (windows change once a slot or period).
+_ARGS_CACHE_LIMIT = 20_000
+
+# Wire format of a charge (flat, one ARGV per field):
+#   amount, key, limit (-1: none), ttl (0: forever), n, then n window keys.
+# n = 0: the window is the key alone; n = -1: the charge is only counted, its
+# total is neither read nor returned (reserve: unlimited charges that report
+# nothing, such as runaway meters; settle: charges that report nothing).
+# At settle, ``amount`` is the delta to apply if the reservation is still held
+# (actual - reserved) and ``limit`` is the actual amount (applied in full when
+# the reservation expired and was released). The amount comes first so that
+# everything after it, fixed for a whole window, is encoded once (``_Parts``).
+
+# Reserve. ARGV: zset, member, now, deadline, sweep (1: release expired first), charges…
+# Returns {1, total…} when admitted (0 for count-only charges); {0, refused index, total before} when not.
+RESERVE = """
+local zset, member, now, deadline = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local function split(s)
-  local out, i = {}, 1
+  local f, at = {}, 1
   while true do
-    local j = string.find(s, '\\0', i, true)
-    if not j then out[#out + 1] = string.sub(s, i); return out end
-    out[#out + 1] = string.sub(s, i, j - 1)
-    i = j + 1
+    local j = string.find(s, '\\0', at, true)
+    if not j then f[#f + 1] = string.sub(s, at); return f end
+    f[#f + 1] = string.sub(s, at, j - 1)
+    at = j + 1
   end
 end
-local function total(f, first, key)
-  if #f < first then
-    local v = redis.call('GET', key)
-    return v and tonumber(v) or 0
-  end
-  local base, keys = P .. f[first], {}
-  for w = first + 1, #f do keys[#keys + 1] = base .. f[w] end
-  local sum = 0
-  for _, v in ipairs(redis.call('MGET', unpack(keys))) do
-    if v then sum = sum + tonumber(v) end
-  end
-  return sum
-end
-local function release(rkey)
-  local held = redis.call('GET', rkey)
-  if not held then return end
-  local f = split(held)
-  for j = 1, #f - 1, 2 do redis.call('DECRBY', P .. f[j], f[j + 1]) end
-  redis.call('DEL', rkey)
-end
--- settle the groups in ARGV[first .. last]: reservation id, charge count, charges
--- (key, reserved, actual, ttl[, window…]); append each charge's window total
--- (0 for charges sent without a window) to out
-local function settle_groups(first, last, out)
-  local i = first
-  while i <= last do
-    local rid, n = ARGV[i], tonumber(ARGV[i + 1])
-    -- still held: replace the reservation by the actual amount; expired (and
-    -- released by a sweep): add the actual amount in full
-    local held = redis.call('DEL', P .. 'res:' .. rid) == 1
-    redis.call('ZREM', P .. 'resv', rid)
-    for c = i + 2, i + 1 + n do
-      local f = split(ARGV[c])
-      local key, ttl = P .. f[1], tonumber(f[4])
-      local delta = tonumber(f[3])
-      if held then delta = delta - tonumber(f[2]) end
-      if delta ~= 0 and redis.call('INCRBY', key, delta) == delta and ttl > 0 then
-        redis.call('EXPIRE', key, ttl)
-      end
-      if #f >= 5 then out[#out + 1] = total(f, 5, key) else out[#out + 1] = 0 end
-    end
-    i = i + 2 + n
-  end
-end
-"""
-
-# ARGV: prefix, reservation id, now, deadline, sweep (1: release expired reservations first),
-#       S, S arguments of settle groups, charge…
-# Returns {n, reserve answer (n items), settle totals…}; the reserve answer is
-# {1, total…} when admitted, {0, refused index, total} when not.
-RESERVE = _COMMON + """
-local rid, now, deadline, S = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[6])
-local settled = {}
-settle_groups(7, 6 + S, settled)
-local zset = P .. 'resv'
 if ARGV[5] == '1' then
-  local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, %d)
-  for _, old in ipairs(expired) do
-    release(P .. 'res:' .. old)
+  for _, old in ipairs(redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, %d)) do
+    -- the member: reservation id, then (key, amount) pairs, NUL-separated
+    local f = split(old)
+    if #f > 1 then
+      for k = 2, #f - 1, 2 do redis.call('DECRBY', f[k], f[k + 1]) end
+    else
+      -- made by an earlier version: the id alone, its holdings in <prefix>res:<id>, keys relative to the prefix
+      local prefix = string.sub(zset, 1, #zset - 4)
+      local held = redis.call('GET', prefix .. 'res:' .. old)
+      if held then
+        local h = split(held)
+        for k = 1, #h - 1, 2 do redis.call('DECRBY', prefix .. h[k], h[k + 1]) end
+        redis.call('DEL', prefix .. 'res:' .. old)
+      end
+    end
     redis.call('ZREM', zset, old)
   end
 end
-local function answer(reply)
-  local out = {#reply}
-  for _, v in ipairs(reply) do out[#out + 1] = v end
-  for _, v in ipairs(settled) do out[#out + 1] = v end
-  return out
-end
-local charges, totals = {}, {1}
-for c = 7 + S, #ARGV do
-  local f = split(ARGV[c])
-  local key, amount, limit = P .. f[1], tonumber(f[2]), tonumber(f[3])
-  local sum = total(f, 5, key)
-  if limit >= 0 and sum + amount > limit then return answer({0, c - 7 - S, sum}) end
-  charges[#charges + 1] = f
-  totals[#totals + 1] = sum + amount
-end
-local held = {}
-for _, f in ipairs(charges) do
-  local amount = tonumber(f[2])
-  if amount ~= 0 then
-    local key = P .. f[1]
-    local ttl = tonumber(f[4])
-    -- a counter equal to what was just added is new: give it its lifetime once
-    if redis.call('INCRBY', key, amount) == amount and ttl > 0 then redis.call('EXPIRE', key, ttl) end
-    held[#held + 1] = f[1]
-    held[#held + 1] = f[2]
+local last, totals, i = #ARGV, {1}, 6
+while i <= last do
+  local amount, key, limit, n = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 4])
+  local sum = 0
+  if n == 0 then
+    sum = tonumber(redis.call('GET', key) or '0')
+  elseif n > 0 then
+    for _, v in ipairs(redis.call('MGET', unpack(ARGV, i + 5, i + 4 + n))) do
+      if v then sum = sum + tonumber(v) end
+    end
   end
+  if limit >= 0 and sum + amount > limit then return {0, #totals - 1, sum} end
+  totals[#totals + 1] = n >= 0 and sum + amount or 0
+  if n > 0 then i = i + 5 + n else i = i + 5 end
 end
-if #held > 0 then
-  redis.call('SET', P .. 'res:' .. rid, table.concat(held, '\\0'), 'EX', math.ceil(deadline - now) + 3600)
-  redis.call('ZADD', zset, deadline, rid)
+local held = false
+i = 6
+while i <= last do
+  local amount, n = ARGV[i], tonumber(ARGV[i + 4])
+  if amount ~= '0' then
+    local key, ttl = ARGV[i + 1], ARGV[i + 3]
+    -- a counter equal to what was just added is new: give it its lifetime once
+    if redis.call('INCRBY', key, amount) == tonumber(amount) and ttl ~= '0' then redis.call('EXPIRE', key, ttl) end
+    held = true
+  end
+  if n > 0 then i = i + 5 + n else i = i + 5 end
 end
-return answer(totals)
+if held then redis.call('ZADD', zset, deadline, member) end
+return totals
 """ % SWEEP_BATCH
 
-# ARGV: prefix, settle groups (reservation id, charge count, charges…)
-SETTLE = _COMMON + """
-local out = {}
-settle_groups(2, #ARGV, out)
+# Settle. ARGV: zset, then groups: member, number of charge arguments, charges…
+# Returns the window total of every charge sent with n >= 0, in order.
+SETTLE = """
+local zset, out, i, last = ARGV[1], {}, 2, #ARGV
+while i <= last do
+  -- still held: apply actual - reserved; expired (and released by a sweep): apply actual in full
+  local held = redis.call('ZREM', zset, ARGV[i]) == 1
+  local stop = i + 1 + tonumber(ARGV[i + 1])
+  i = i + 2
+  while i <= stop do
+    local key, n = ARGV[i + 2], tonumber(ARGV[i + 4])
+    local delta = held and ARGV[i] or ARGV[i + 1]
+    if delta ~= '0' then
+      local ttl = ARGV[i + 3]
+      if redis.call('INCRBY', key, delta) == tonumber(delta) and ttl ~= '0' then redis.call('EXPIRE', key, ttl) end
+    end
+    if n == 0 then
+      out[#out + 1] = tonumber(redis.call('GET', key) or '0')
+    elseif n > 0 then
+      local sum = 0
+      for _, v in ipairs(redis.call('MGET', unpack(ARGV, i + 5, i + 4 + n))) do
+        if v then sum = sum + tonumber(v) end
+      end
+      out[#out + 1] = sum
+    end
+    if n > 0 then i = i + 5 + n else i = i + 5 end
+  end
+end
 return out
 """
 
@@ -164,51 +162,63 @@ if ttl > 0 and redis.call('TTL', ARGV[1]) < ttl then redis.call('EXPIRE', ARGV[1
 return v
 """
 
-# ARGV: prefix, window… (base, suffixes…)
-READ = _COMMON + """
-local out = {}
-for c = 2, #ARGV do
-  out[#out + 1] = total(split(ARGV[c]), 1, nil)
+# ARGV: windows, each as n, then n keys
+READ = """
+local out, i = {}, 1
+while i <= #ARGV do
+  local n, sum = tonumber(ARGV[i]), 0
+  if n > 0 then
+    for _, v in ipairs(redis.call('MGET', unpack(ARGV, i + 1, i + n))) do
+      if v then sum = sum + tonumber(v) end
+    end
+  end
+  out[#out + 1] = sum
+  i = i + 1 + n
 end
 return out
 """
 
 
-@functools.lru_cache(maxsize=8192)
-def _window_cached(prefix: str, window: tuple[str, ...]) -> tuple[str, ...]:
-    keys = [key[len(prefix):] if key.startswith(prefix) else key for key in window]
-    if len(keys) == 1:
-        return (keys[0], "")
-    base = os.path.commonprefix(keys)
-    return (base, *(key[len(base):] for key in keys))
+class _Script:
+    """A Lua script, and the encoded start of its ``EVALSHA`` call (a script's SHA1 is known in advance)."""
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.head = bulk("EVALSHA") + bulk(self.sha) + bulk(0)
 
 
-def _window(prefix: str, window: Sequence[str]) -> tuple[str, ...]:
-    """``(base, suffix…)`` relative to ``prefix``: the common start is sent once.
-
-    Cached: a window's keys stay the same for a whole slot or period.
-    """
-    return _window_cached(prefix, window if isinstance(window, tuple) else tuple(window))
-
-
-def _resolve(settles: list[tuple[list[str], int, asyncio.Future[tuple[int, ...]]]], totals: list[Any]) -> None:
-    """Hand each waiting settle its slice of the script's totals."""
-    at = 0
-    for _, count, future in settles:
-        if not future.done():
-            future.set_result(tuple(int(v) for v in totals[at : at + count]))
-        at += count
+_RESERVE = _Script("reserve", RESERVE)
+_SETTLE = _Script("settle", SETTLE)
+_READ = _Script("read", READ)
+_ADD = _Script("add", ADD)
+_SWEEP = (bulk(0), bulk(1))
+#: small integers, encoded in advance (request counts, zero meters, most token counts)
+_SMALL = tuple(bulk(i) for i in range(4096))
 
 
-def _fail(settles: list[tuple[list[str], int, asyncio.Future[tuple[int, ...]]]], exc: BaseException) -> None:
-    error = exc if isinstance(exc, CounterStoreUnavailable) else CounterStoreUnavailable(f"settling failed: {exc!r}")
-    for _, _, future in settles:
-        if not future.done():
-            future.set_exception(error)
+def _int(value: int) -> bytes:
+    """``bulk(value)`` for an integer, faster."""
+    if 0 <= value < 4096:
+        return _SMALL[value]
+    digits = b"%d" % value
+    return b"$%d\r\n%s\r\n" % (len(digits), digits)
 
 
-def _relative(prefix: str, key: str) -> str:
-    return key[len(prefix):] if key.startswith(prefix) else key
+class _Settle:
+    """One queued settle: its encoded arguments and who waits for its totals."""
+
+    __slots__ = ("parts", "argc", "positions", "size", "future")
+
+    def __init__(
+        self, parts: bytes, argc: int, positions: list[int], size: int, future: asyncio.Future[tuple[int, ...]]
+    ) -> None:
+        self.parts = parts
+        self.argc = argc
+        self.positions = positions  # which charges report a total (the others get 0)
+        self.size = size
+        self.future = future
 
 
 class RedisCounterStore(CounterStore):
@@ -221,161 +231,265 @@ class RedisCounterStore(CounterStore):
         prefix: str = "tokenomy:",
         clock: Clock = time.time,
         timeout_s: float = 2.0,
-        max_connections: int = 32,
-        settle_delay_s: float = 0.002,
-        client: aioredis.Redis | None = None,
+        settle_delay_s: float = 0.005,
     ) -> None:
         self.url = url
-        self.settle_delay_s = settle_delay_s
-        # Settles wait here to ride along with the next reservation (one round trip
-        # per request instead of two), or are flushed together after settle_delay_s.
-        self._settles: list[tuple[list[str], int, asyncio.Future[tuple[int, ...]]]] = []
-        self._flush_timer: asyncio.TimerHandle | None = None
-        self._flushes: set[asyncio.Task[None]] = set()
-        self._next_sweep = 0.0
         self.prefix = prefix
         self.clock = clock
         self.timeout_s = timeout_s
-        self.max_connections = max_connections
-        self._client = client
-        self._owns_client = client is None
-        self._shas: dict[str, str] = {}
-
-    @property
-    def client(self) -> aioredis.Redis:
-        if self._client is None:
-            # A blocking pool: under a burst, callers wait for a free connection
-            # (up to the timeout) instead of failing with "too many connections".
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url,
-                max_connections=self.max_connections,
-                timeout=self.timeout_s * 4,
-                socket_timeout=self.timeout_s,
-                socket_connect_timeout=self.timeout_s,
-            )
-            self._client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        return self._client
+        #: how long a settle may wait for others to go out with (one script call for all)
+        self.settle_delay_s = settle_delay_s
+        # one pipelined connection: every caller shares it, no pool checkout per command
+        self.connection = RedisConnection(url, timeout_s=timeout_s)
+        self._zset = bulk(f"{prefix}resv")
+        self._next_sweep = 0.0
+        # a charge's fixed arguments, encoded: (key, limit, ttl, window, report) -> (bytes, count)
+        self._reserve_parts: dict[tuple[str, int | None, int, tuple[str, ...], bool], tuple[bytes, int]] = {}
+        self._settle_parts: dict[tuple[str, int, tuple[str, ...], bool], tuple[bytes, int]] = {}
+        self._member_parts: dict[str, bytes] = {}
+        self._queued: list[_Settle] = []
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     async def start(self) -> None:
-        for name, script in (("reserve", RESERVE), ("settle", SETTLE), ("read", READ), ("add", ADD)):
-            self._shas[name] = await self._guard(self.client.script_load(script))
+        for script in (_RESERVE, _SETTLE, _READ, _ADD):
+            await self._load(script)
 
     async def aclose(self) -> None:
-        await self._flush(self._take_settles())
-        if self._flushes:
-            await asyncio.gather(*self._flushes, return_exceptions=True)
-        if self._client is not None and self._owns_client:
-            await self._client.aclose()
-            self._client = None
+        """Send the settles still queued, wait for every one in flight, then close the connection."""
+        self._flush()
+        while self._in_flight:
+            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+        await self.connection.aclose()
+
+    # plumbing -------------------------------------------------------------------
 
     async def _guard(self, awaitable: Any) -> Any:
         try:
             return await awaitable
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        except RedisUnavailable as exc:
             raise CounterStoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
-        except RedisError as exc:
+        except RedisCommandError as exc:
             raise CounterStoreUnavailable(f"Redis at {self.url} failed: {exc}") from exc
 
-    async def _run(self, name: str, script: str, args: list[Any]) -> Any:
-        sha = self._shas.get(name)
+    async def _load(self, script: _Script) -> None:
+        sha = await self._guard(self.connection.execute("SCRIPT", "LOAD", script.source))
+        if sha.decode() != script.sha:  # cannot happen with a real Redis; would make every EVALSHA miss
+            raise CounterStoreUnavailable(f"Redis at {self.url} named the {script.name} script {sha!r}, not {script.sha}")
+
+    async def _call(self, script: _Script, command: bytes) -> Any:
+        """Run an encoded ``EVALSHA`` of ``script``; load the script once if Redis does not have it."""
         try:
-            if sha is None:
-                raise NoScriptError("not loaded")
-            return await self._guard(self.client.evalsha(sha, 0, *args))
-        except NoScriptError:
-            # Redis restarted (or SCRIPT FLUSH): load again once
-            self._shas[name] = await self._guard(self.client.script_load(script))
-            return await self._guard(self.client.evalsha(self._shas[name], 0, *args))
+            return await self.connection.execute_packed(command)
+        except RedisCommandError as exc:
+            if not exc.no_script:
+                raise CounterStoreUnavailable(f"Redis at {self.url} failed: {exc}") from exc
+        except RedisUnavailable as exc:
+            raise CounterStoreUnavailable(f"Redis at {self.url} is unreachable: {exc}") from exc
+        # Redis restarted (or SCRIPT FLUSH): load again once; the SHA1, hence the command, stays the same
+        await self._load(script)
+        return await self._guard(self.connection.execute_packed(command))
+
+    async def _run(self, script: _Script, args: list[Any]) -> Any:
+        parts = [script.head, *(bulk(arg) for arg in args)]
+        return await self._call(script, packed(len(parts) + 2, parts))
+
+    def _reserve_part(self, charge: Charge, report: bool) -> tuple[bytes, int]:
+        """``key, limit, ttl, n, window keys…`` of a charge, encoded once per window."""
+        cache_key = (charge.key, charge.limit, charge.ttl_s, charge.window, report)
+        part = self._reserve_parts.get(cache_key)
+        if part is None:
+            limit = -1 if charge.limit is None else charge.limit
+            fields: list[Any] = [charge.key, limit, charge.ttl_s, *_window_fields(charge, report)]
+            part = (b"".join(bulk(field) for field in fields), len(fields))
+            if len(self._reserve_parts) >= _ARGS_CACHE_LIMIT:
+                self._reserve_parts.clear()
+            self._reserve_parts[cache_key] = part
+        return part
+
+    def _settle_part(self, charge: Charge) -> tuple[bytes, int]:
+        """``key, ttl, n, window keys…`` of a charge at settle, encoded once per window."""
+        cache_key = (charge.key, charge.ttl_s, charge.window, charge.report)
+        part = self._settle_parts.get(cache_key)
+        if part is None:
+            fields: list[Any] = [charge.key, charge.ttl_s, *_window_fields(charge, charge.report)]
+            part = (b"".join(bulk(field) for field in fields), len(fields))
+            if len(self._settle_parts) >= _ARGS_CACHE_LIMIT:
+                self._settle_parts.clear()
+            self._settle_parts[cache_key] = part
+        return part
+
+    def _member(self, reservation_id: str, charges: Sequence[Charge]) -> bytes:
+        """The sorted-set member of a reservation: its id and what it holds (the same at reserve and settle)."""
+        names = self._member_parts
+        pieces = [reservation_id.encode()]
+        for charge in charges:
+            if charge.amount:
+                name = names.get(charge.key)
+                if name is None:
+                    if len(names) >= _ARGS_CACHE_LIMIT:
+                        names.clear()
+                    name = names[charge.key] = b"\0%s\0" % charge.key.encode()
+                pieces.append(name)
+                pieces.append(b"%d" % charge.amount)
+        return b"".join(pieces)
+
+    # operations -----------------------------------------------------------------
 
     async def reserve(self, reservation_id: str, charges: Sequence[Charge], ttl_s: float) -> Admission:
         now = self.clock()
-        p = self.prefix
-        settles = self._take_settles()
-        groups = [arg for group, _, _ in settles for arg in group]
         sweep = now >= self._next_sweep  # expired reservations are looked for at most once a second
         if sweep:
             self._next_sweep = now + 1.0
-        args: list[Any] = [p, reservation_id, repr(now), repr(now + ttl_s), "1" if sweep else "0", len(groups), *groups]
+        parts = [_RESERVE.head, self._zset, bulk(self._member(reservation_id, charges)), bulk(now), bulk(now + ttl_s), _SWEEP[sweep]]
+        argc = 8
         for charge in charges:
-            head = [_relative(p, charge.key), str(charge.amount), "-1" if charge.limit is None else str(charge.limit), str(charge.ttl_s)]
-            if not (len(charge.window) == 1 and charge.window[0] == charge.key):
-                head += _window(p, charge.window)
-            args.append(_NUL.join(head))
-        try:
-            result = await self._run("reserve", RESERVE, args)
-        except BaseException as exc:
-            _fail(settles, exc)
-            raise
-        size = int(result[0])
-        answer = result[1 : 1 + size]
-        _resolve(settles, result[1 + size :])
+            # an unlimited charge that reports nothing (a meter) is only counted, never read
+            part, count = self._reserve_part(charge, charge.report or charge.limit is not None)
+            parts.append(_int(charge.amount))
+            parts.append(part)
+            argc += 1 + count
+        answer = await self._call(_RESERVE, packed(argc, parts))
         if answer[0] == 1:
-            return Admission(True, tuple(int(v) for v in answer[1:]))
-        refused = int(answer[1])
-        return Admission(False, (0,) * refused + (int(answer[2]),), refused)
+            return Admission(True, tuple(answer[1:]))
+        refused = answer[1]
+        return Admission(False, (0,) * refused + (answer[2],), refused)
 
     async def settle(self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]) -> tuple[int, ...]:
-        p = self.prefix
-        sent: list[str] = []
-        positions: list[int] = []  # which charges travel (the others return 0)
+        return await self.settle_soon(reservation_id, charges, actual)
+
+    def settle_soon(
+        self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]
+    ) -> asyncio.Future[tuple[int, ...]]:
+        """Queue the settle; the settles queued within ``settle_delay_s`` go out as one script call.
+
+        Waiting a few milliseconds costs nothing a caller sees (the answer has
+        gone) and only holds a call's worst case that much longer — the safe
+        side; in exchange Redis runs one script for many settles instead of one
+        each, and the reservations of the calls in between are not queued behind them.
+        """
+        parts: list[bytes] = []
+        argc = 0
+        positions: list[int] = []
         for index, (charge, amount) in enumerate(zip(charges, actual)):
             if amount == charge.amount and not charge.report:
                 continue  # nothing changes and nothing to report: a request count, a block check
-            head = [_relative(p, charge.key), str(charge.amount), str(amount), str(charge.ttl_s)]
+            part, count = self._settle_part(charge)
+            parts.append(_int(amount - charge.amount))
+            parts.append(_int(amount))
+            parts.append(part)
+            argc += 2 + count
             if charge.report:
-                head += _window(p, charge.window)
-            sent.append(_NUL.join(head))
-            positions.append(index)
-        group: list[str] = [reservation_id, str(len(sent)), *sent]
+                positions.append(index)
+        group = bulk(self._member(reservation_id, charges)) + _int(argc) + b"".join(parts)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, ...]] = loop.create_future()
-        self._settles.append((group, len(sent), future))
-        if self._flush_timer is None:
-            self._flush_timer = loop.call_later(self.settle_delay_s, self._flush_soon)
-        totals = await future
-        out = [0] * len(charges)
-        for index, value in zip(positions, totals):
-            out[index] = value
-        return tuple(out)
+        self._queued.append(_Settle(group, argc + 2, positions, len(charges), future))
+        if len(self._queued) >= SETTLE_BATCH:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            if self.settle_delay_s > 0:
+                self._timer = loop.call_later(self.settle_delay_s, self._flush)
+            else:
+                loop.call_soon(self._flush)
+        return future
 
-    def _take_settles(self) -> list[tuple[list[str], int, asyncio.Future[tuple[int, ...]]]]:
-        settles, self._settles = self._settles, []
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
-        return settles
-
-    def _flush_soon(self) -> None:
-        self._flush_timer = None
-        task = asyncio.ensure_future(self._flush(self._take_settles()))
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    async def _flush(self, settles: list[tuple[list[str], int, asyncio.Future[tuple[int, ...]]]]) -> None:
-        """Send waiting settles on their own (no reservation came along to carry them)."""
-        if not settles:
+    def _flush(self) -> None:
+        """Send every queued settle as one script call (no task: the reply resolves them)."""
+        self._flush_scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        queued, self._queued = self._queued, []
+        if not queued:
             return
-        args: list[Any] = [self.prefix, *(arg for group, _, _ in settles for arg in group)]
+        parts = [_SETTLE.head, self._zset]
+        argc = 4
+        for settle in queued:
+            parts.append(settle.parts)
+            argc += settle.argc
+        command = packed(argc, parts)
+        sent = self.connection.send_packed(command)
+        if sent is None:  # not connected: the slow path connects first
+            self._track(asyncio.ensure_future(self._send_slowly(queued, command)))
+            return
+        self._track(sent)
+        sent.add_done_callback(lambda reply: self._on_reply(queued, command, reply))
+
+    def _on_reply(self, queued: list[_Settle], command: bytes, reply: asyncio.Future[Any]) -> None:
+        if reply.cancelled():
+            _fail(queued, CounterStoreUnavailable("settling was cancelled"))
+            return
+        exc = reply.exception()
+        if exc is None:
+            _resolve(queued, reply.result())
+        elif isinstance(exc, RedisCommandError) and exc.no_script:
+            self._track(asyncio.ensure_future(self._send_slowly(queued, command)))
+        else:
+            _fail(queued, exc)
+
+    async def _send_slowly(self, queued: list[_Settle], command: bytes) -> None:
         try:
-            result = await self._run("settle", SETTLE, args)
-        except BaseException as exc:
-            _fail(settles, exc)
+            totals = await self._call(_SETTLE, command)
+        except BaseException as exc:  # handed to every waiting settle (logged by the enforcer)
+            _fail(queued, exc)
             return
-        _resolve(settles, result)
+        _resolve(queued, totals)
+
+    def _track(self, future: asyncio.Future[Any]) -> None:
+        self._in_flight.add(future)
+        future.add_done_callback(self._in_flight.discard)
 
     async def read(self, windows: Sequence[Sequence[str]]) -> list[int]:
         if not windows:
             return []
-        p = self.prefix
-        args: list[Any] = [p, *(_NUL.join(_window(p, window)) for window in windows)]
-        result = await self._run("read", READ, args)
-        return [int(v) for v in result]
+        args: list[Any] = []
+        for window in windows:
+            args.append(len(window))
+            args.extend(window)
+        return list(await self._run(_READ, args))
 
     async def add(self, key: str, amount: int, ttl_s: int = 0) -> int:
-        return int(await self._run("add", ADD, [key, amount, ttl_s]))
+        return int(await self._run(_ADD, [key, amount, ttl_s]))
 
     async def claim(self, key: str, ttl_s: int) -> bool:
-        return bool(await self._guard(self.client.set(key, b"1", nx=True, ex=max(1, ttl_s))))
+        return await self._guard(self.connection.execute("SET", key, "1", "NX", "EX", max(1, ttl_s))) is not None
 
     async def exists(self, key: str) -> bool:
-        return bool(await self._guard(self.client.exists(key)))
+        return bool(await self._guard(self.connection.execute("EXISTS", key)))
+
+
+def _window_fields(charge: Charge, report: bool) -> list[Any]:
+    """``n, window keys…``: -1 (count only), 0 (the key alone) or the window's keys."""
+    if not report:
+        return [-1]
+    if len(charge.window) == 1 and charge.window[0] == charge.key:
+        return [0]
+    return [len(charge.window), *charge.window]
+
+
+def _resolve(queued: list[_Settle], totals: list[Any]) -> None:
+    """Hand each waiting settle its slice of the script's totals."""
+    at = 0
+    for settle in queued:
+        count = len(settle.positions)
+        if not settle.future.done():
+            out = [0] * settle.size
+            for index, value in zip(settle.positions, totals[at : at + count]):
+                out[index] = value
+            settle.future.set_result(tuple(out))
+        at += count
+
+
+def _fail(queued: list[_Settle], exc: BaseException) -> None:
+    if isinstance(exc, CounterStoreUnavailable):
+        error = exc
+    elif isinstance(exc, RedisUnavailable):
+        error = CounterStoreUnavailable(f"Redis is unreachable: {exc}")
+    else:
+        error = CounterStoreUnavailable(f"settling failed: {exc!r}")
+    for settle in queued:
+        if not settle.future.done():
+            settle.future.set_exception(error)

@@ -11,19 +11,21 @@ and spend rates. Calls no rule applies to cost nothing but a dictionary lookup.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import replace
 from typing import Any
 
 from tokenomy.budgets import metrics
 from tokenomy.budgets.alerts import AlertDispatcher
+from tokenomy.budgets.charges import ChargeTemplates
 from tokenomy.budgets.counters import NANO, Charge, CounterStore, CounterStoreUnavailable, from_nano, to_nano
 from tokenomy.budgets.estimate import estimate
-from tokenomy.budgets.periods import Window, format_reset, window
+from tokenomy.budgets.periods import Window, format_reset
 from tokenomy.budgets.policy import BudgetRule, PolicySet, RateLimitRule
 from tokenomy.budgets.runaway import RunawayDetector
 from tokenomy.budgets.thresholds import ThresholdAlerts
@@ -45,10 +47,6 @@ from tokenomy.routing.attempts import AttemptPlanner
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-
-#: Rate limits count over a rolling minute, in six ten-second slots.
-MINUTE = 60
-MINUTE_SLOTS = 6
 
 
 class BudgetEnforcer:
@@ -78,7 +76,11 @@ class BudgetEnforcer:
         #: counter keys start with the store's own prefix (Redis) or nothing (memory)
         self.prefix: str = getattr(store, "prefix", "")
         self.store_failures = 0
-        self._pending: set[asyncio.Task[None]] = set()
+        self.templates = ChargeTemplates(self.prefix, concurrency_ttl_s=int(settings.reservation_ttl_s) + 3600)
+        self._id_base = uuid.uuid4().hex[:16]
+        self._ids = itertools.count()
+        self._pending: set[asyncio.Future[Any]] = set()  # background settles, alerts and checks
+        self._deferred: list[tuple[Ticket, Call, BaseException | None]] = []  # noted by settle_later
         self.thresholds = ThresholdAlerts(store, alerts, prefix=self.prefix, clock=clock) if alerts is not None else None
 
     # admission --------------------------------------------------------------
@@ -112,31 +114,23 @@ class BudgetEnforcer:
                 code="unpriced_model",
             )
         now = self.clock()
-        p = self.prefix
         reserve_nano = to_nano(est.usd) if est.usd is not None else 0
-        charges, infos = self.budget_charges(budgets, reserve_nano, now)
-        if limits:
-            minute = window("rolling", now, seconds=MINUTE, slots=MINUTE_SLOTS)
-            for limit_rule, subject in limits:
-                base = f"{p}rl:{limit_rule.id}:{subject}"
-                if limit_rule.rpm is not None:
-                    keys = tuple(f"{base}:rq:{bucket}" for bucket in minute.buckets)
-                    charges.append(Charge(keys[0], 1, limit_rule.rpm, keys, minute.ttl_s, report=False))
-                    infos.append(ChargeInfo("requests", limit_rule, subject, minute, limit_rule.scope))
-                if limit_rule.tpm is not None:
-                    keys = tuple(f"{base}:tk:{bucket}" for bucket in minute.buckets)
-                    charges.append(Charge(keys[0], est.tokens, limit_rule.tpm, keys, minute.ttl_s, report=False))
-                    infos.append(ChargeInfo("tokens", limit_rule, subject, minute, limit_rule.scope))
-                if limit_rule.concurrent is not None:
-                    key = f"{base}:cc"
-                    ttl = int(self.settings.reservation_ttl_s) + 3600
-                    charges.append(Charge(key, 1, limit_rule.concurrent, (key,), ttl, report=False))
-                    infos.append(ChargeInfo("concurrent", limit_rule, subject, None, limit_rule.scope))
+        templates = self.templates
+        charges: list[Charge] = []
+        infos: list[ChargeInfo] = []
+        for rule, subject in budgets:
+            template = templates.budget(rule, subject, now)
+            charges.append(template.charge(reserve_nano))
+            infos.append(template.info)
+        for limit_rule, subject in limits:
+            for template in templates.rate_limit(limit_rule, subject, now):
+                charges.append(template.fixed or template.charge(est.tokens))
+                infos.append(template.info)
         if self.runaway is not None:
-            for charge, info in self.runaway.charges(meters, now):
-                charges.append(charge)
-                infos.append(info)
-        ticket = Ticket("rsv_" + uuid.uuid4().hex, charges, infos, est)
+            for template in self.runaway.templates(meters, now):
+                charges.append(template.fixed or template.charge(0))
+                infos.append(template.info)
+        ticket = Ticket(self._reservation_id(), charges, infos, est)
         try:
             admission = await self.store.reserve(ticket.reservation_id, charges, self.settings.reservation_ttl_s)
         except CounterStoreUnavailable as exc:
@@ -152,8 +146,12 @@ class BudgetEnforcer:
                     return await self._admit(call, budgets, limits, meters, downgraded=True)
             raise self.refusal(call, info, charge, total, now)
         ticket.headers = self._headers(charges, infos, admission.totals, now)
-        ticket.charges = self._reporting(charges, infos, admission.totals)
+        ticket.totals = admission.totals
         return ticket
+
+    def _reservation_id(self) -> str:
+        """Unique across replicas (a random process part) and within the process (a counter)."""
+        return f"rsv_{self._id_base}{next(self._ids):x}"
 
     def budget_charges(
         self, budgets: list[tuple[BudgetRule, str]], amount_nano: int, now: float
@@ -161,24 +159,26 @@ class BudgetEnforcer:
         """One charge of ``amount_nano`` per budget, on the counters of its current window."""
         charges: list[Charge] = []
         infos: list[ChargeInfo] = []
-        p = self.prefix
         for rule, subject in budgets:
-            win = window(rule.period, now, rule.timezone, rule.window_s)
-            limit = None if rule.mode == "soft" else to_nano(rule.amount_usd)
-            keys = tuple(f"{p}b:{rule.id}:{subject}:{bucket}" for bucket in win.buckets)
-            charges.append(Charge(keys[0], amount_nano, limit, keys, win.ttl_s))
-            infos.append(ChargeInfo("budget", rule, subject, win, rule.scope))
+            template = self.templates.budget(rule, subject, now)
+            charges.append(template.charge(amount_nano))
+            infos.append(template.info)
         return charges, infos
 
-    def _reporting(self, charges: list[Charge], infos: list[ChargeInfo], totals: tuple[int, ...]) -> list[Charge]:
-        """Ask the settle for a budget's new total only if it may have crossed an alert threshold.
+    def _settled_charges(self, ticket: Ticket) -> list[Charge]:
+        """The ticket's charges as the settle sends them: a budget's new total is asked for only if it
+        may have crossed an alert threshold.
 
         The total at reservation already counts this call's worst case, and a
         settle only lowers it (actual ≤ reserved), so below the lowest threshold
         there is nothing to alert on — and the store need not sum the window again.
+        Tickets without reservation totals (batches) report every budget.
         """
+        charges, totals = ticket.charges, ticket.totals
+        if not totals:
+            return charges
         out = charges
-        for index, (charge, info, total) in enumerate(zip(charges, infos, totals)):
+        for index, (charge, info, total) in enumerate(zip(charges, ticket.infos, totals)):
             if info.kind != "budget" or not charge.report:
                 continue
             rule: BudgetRule = info.rule
@@ -186,7 +186,7 @@ class BudgetEnforcer:
                 continue
             if out is charges:
                 out = list(charges)
-            out[index] = replace(charge, report=False)
+            out[index] = Charge(charge.key, charge.amount, charge.limit, charge.window, charge.ttl_s, False)
         return out
 
     def store_down(self, exc: CounterStoreUnavailable, call: Call) -> None:
@@ -285,10 +285,48 @@ class BudgetEnforcer:
     # settlement ---------------------------------------------------------------
 
     def settle_later(self, ticket: Ticket | None, call: Call, exc: BaseException | None = None) -> None:
-        """Settle in the background: the answer does not wait for the store round trip."""
+        """Settle off the request's path: neither the answer nor the work of settling waits.
+
+        The settle is only noted here; it is worked out when the event loop
+        next runs (after the answer has been written) and the store sends it
+        with the others of that turn. Alert and runaway checks follow only when
+        a total calls for them, so a plain call schedules no task at all.
+        ``drain`` settles whatever is still noted.
+        """
         if ticket is None or ticket.settled:
             return
-        self._background(self.settle(ticket, call, exc))
+        ticket.settled = True
+        if not self._deferred:
+            asyncio.get_running_loop().call_soon(self._settle_deferred)
+        self._deferred.append((ticket, call, exc))
+
+    def _settle_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for ticket, call, exc in deferred:
+            try:
+                usd, tokens = self._spent(ticket, call, exc)
+                future = self.store.settle_soon(
+                    ticket.reservation_id, self._settled_charges(ticket), self._actual(ticket, usd, tokens)
+                )
+            except Exception:  # one bad settle must not lose the others; it is logged with its trace
+                log.exception("settling %s failed; its reservation will expire", call.request_id or ticket.reservation_id)
+                continue
+            self._pending.add(future)
+            future.add_done_callback(functools.partial(self._settled, ticket, call.request_id))
+
+    def _settled(self, ticket: Ticket, request_id: str, done: asyncio.Future[tuple[int, ...]]) -> None:
+        self._pending.discard(done)
+        if done.cancelled():
+            log.error("settling %s was cancelled; its reservation will expire", request_id or ticket.reservation_id)
+            return
+        exc = done.exception()
+        if exc is not None:
+            # the reservation expires on its own; the ledger still has the cost for reconciliation
+            log.error("settling %s failed (%s); its reservation will expire", request_id or ticket.reservation_id, exc)
+            return
+        totals = done.result()
+        if self._follow_up_due(ticket, totals):
+            self._background(self._after_settle(ticket, totals))
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -299,37 +337,61 @@ class BudgetEnforcer:
         """Replace the reservation with the actual cost (at least the input if the client left)."""
         if ticket is None or ticket.settled:
             return
+        usd, tokens = self._spent(ticket, call, exc)
+        await self.settle_spend(ticket, usd, tokens, request_id=call.request_id)
+
+    @staticmethod
+    def _spent(ticket: Ticket, call: Call, exc: BaseException | None) -> tuple[float, int]:
+        """What the call cost: its trace, or at least its input if it reached upstream and the client left."""
         usd = call.trace.total_usd or 0.0
         tokens = call.trace.usage().total_tokens
         if not call.trace.items and exc is not None and _client_left(exc) and call.provider is not None:
-            # the request reached upstream and was abandoned: charge at least its input
             usd = ticket.estimate.input_usd or 0.0
             tokens = ticket.estimate.input_tokens
-        await self.settle_spend(ticket, usd, tokens, request_id=call.request_id)
+        return usd, tokens
+
+    @staticmethod
+    def _actual(ticket: Ticket, usd: float, tokens: int) -> list[int]:
+        """Each charge's actual amount, in the ticket's order."""
+        spent = to_nano(usd)
+        actual = []
+        for info in ticket.infos:
+            kind = info.kind
+            if kind == "budget" or kind == "meter":
+                actual.append(spent)
+            elif kind == "requests":
+                actual.append(1)
+            elif kind == "tokens":
+                actual.append(tokens)
+            else:  # concurrent slots are given back; blocks cost nothing
+                actual.append(0)
+        return actual
 
     async def settle_spend(self, ticket: Ticket, usd: float, tokens: int, *, request_id: str = "") -> None:
         """Replace the reservation with ``usd`` spent and ``tokens`` used, once."""
         if ticket.settled:
             return
         ticket.settled = True
-        spent = to_nano(usd)
-        actual = []
-        for info in ticket.infos:
-            if info.kind in ("budget", "meter"):
-                actual.append(spent)
-            elif info.kind == "requests":
-                actual.append(1)
-            elif info.kind == "tokens":
-                actual.append(tokens)
-            else:  # concurrent slots are given back; blocks cost nothing
-                actual.append(0)
         try:
-            totals = await self.store.settle(ticket.reservation_id, ticket.charges, actual)
+            totals = await self.store.settle(
+                ticket.reservation_id, self._settled_charges(ticket), self._actual(ticket, usd, tokens)
+            )
         except CounterStoreUnavailable as exc_store:
             # the reservation expires on its own; the ledger still has the cost for reconciliation
             log.error("settling %s failed (%s); its reservation will expire", request_id or ticket.reservation_id, exc_store)
             return
         await self._after_settle(ticket, totals)
+
+    def _follow_up_due(self, ticket: Ticket, totals: tuple[int, ...]) -> bool:
+        """Whether a threshold may have been crossed or a runaway check is due (``_after_settle`` has work)."""
+        for info, total in zip(ticket.infos, totals):
+            if info.kind == "budget":
+                if self.thresholds is not None and info.rule is not None and self.thresholds.due(info, total):
+                    return True
+            elif info.kind == "meter":
+                if self.runaway is not None and self.runaway.due(info.scope, info.subject):
+                    return True
+        return False
 
     async def _after_settle(self, ticket: Ticket, totals: tuple[int, ...]) -> None:
         for info, charge, total in zip(ticket.infos, ticket.charges, totals):
@@ -339,9 +401,11 @@ class BudgetEnforcer:
                 await self.runaway.observe(info.scope, info.subject)
 
     async def drain(self) -> None:
-        """Wait for background settles and alerts (tests, shutdown)."""
+        """Send the settles still noted and wait for them and for alerts (tests, shutdown)."""
+        self._settle_deferred()
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+            self._settle_deferred()
 
 
 def check_model_allowed(call: Call) -> None:

@@ -94,7 +94,11 @@ def make_counter_store(settings: Settings, clock: Callable[[], float] = time.tim
     budgets = settings.budgets
     if budgets.backend == "redis":
         return RedisCounterStore(
-            budgets.redis_url, prefix=budgets.redis_prefix, clock=clock, timeout_s=budgets.redis_timeout_s
+            budgets.redis_url,
+            prefix=budgets.redis_prefix,
+            clock=clock,
+            timeout_s=budgets.redis_timeout_s,
+            settle_delay_s=budgets.settle_delay_s,
         )
     return MemoryCounterStore(budgets.state_path, persist_interval_s=budgets.persist_interval_s, clock=clock)
 

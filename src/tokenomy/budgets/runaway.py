@@ -18,9 +18,9 @@ import logging
 import time
 from collections.abc import Callable
 from tokenomy.budgets.alerts import Alert, AlertDispatcher
-from tokenomy.budgets.counters import Charge, CounterStore, CounterStoreUnavailable, from_nano
+from tokenomy.budgets.charges import ChargeTemplate, ChargeTemplates
+from tokenomy.budgets.counters import CounterStore, CounterStoreUnavailable, from_nano
 from tokenomy.budgets.policy import subject_of
-from tokenomy.budgets.ticket import ChargeInfo
 from tokenomy.config import RunawaySettings
 from tokenomy.pipeline.call import Call
 
@@ -45,6 +45,7 @@ class RunawayDetector:
         self.prefix = prefix
         self.clock = clock
         self._checked: dict[tuple[str, str], float] = {}
+        self._templates = ChargeTemplates(prefix)
         self.recent_slots = max(1, settings.window_s // SLOT_S)
         self.baseline_slots = max(1, settings.baseline_s // SLOT_S)
 
@@ -60,18 +61,19 @@ class RunawayDetector:
     def _slot_key(self, scope: str, subject: str, slot: int) -> str:
         return f"{self.prefix}rw:{scope}:{subject}:{slot}"
 
-    def charges(self, meters: list[tuple[str, str]], now: float) -> list[tuple[Charge, ChargeInfo]]:
+    def templates(self, meters: list[tuple[str, str]], now: float) -> list[ChargeTemplate]:
         """A zero reservation on the current slot (settled to the call's cost), plus throttle blocks."""
         slot = int(now // SLOT_S)
         ttl = self.settings.window_s + self.settings.baseline_s + 2 * SLOT_S
-        out = []
+        out: list[ChargeTemplate] = []
         for scope, subject in meters:
-            key = self._slot_key(scope, subject, slot)
-            out.append((Charge(key, 0, None, (key,), ttl, report=False), ChargeInfo("meter", None, subject, None, scope)))
-            if self.settings.throttle:
-                block = f"{self.prefix}blk:{scope}:{subject}"
-                out.append((Charge(block, 0, 0, (block,), 0, report=False), ChargeInfo("block", None, subject, None, scope)))
+            out.extend(self._templates.meter(scope, subject, slot, ttl, self.settings.throttle))
         return out
+
+    def due(self, scope: str, subject: str) -> bool:
+        """Whether ``observe`` would look at this scope value now (not looked at for ``check_every_s``)."""
+        last = self._checked.get((scope, subject))
+        return last is None or self.clock() - last >= self.settings.check_every_s
 
     async def observe(self, scope: str, subject: str) -> None:
         """Re-evaluate one scope value if it has not been looked at for ``check_every_s``."""

@@ -36,6 +36,21 @@ class ThresholdAlerts:
         self.clock = clock
         self._known: dict[str, None] = {}
 
+    def due(self, info: ChargeInfo, total: int) -> bool:
+        """Whether ``check`` could fire anything: a threshold reached whose alert this process has not seen taken."""
+        rule: BudgetRule = info.rule
+        if not rule.thresholds or rule.amount_usd <= 0 or info.window is None:
+            return False
+        fraction = total / (rule.amount_usd * NANO)
+        return any(
+            fraction + 1e-12 >= threshold and self._marker(info, threshold) not in self._known
+            for threshold in rule.thresholds
+        )
+
+    def _marker(self, info: ChargeInfo, threshold: float) -> str:
+        assert info.window is not None
+        return f"{self.prefix}al:{info.rule.id}:{info.subject}:{info.window.bucket}:{threshold:g}"
+
     async def check(self, info: ChargeInfo, total: int) -> None:
         """Fire every threshold the budget's ``total`` (nano-dollars) has reached."""
         rule: BudgetRule = info.rule
@@ -54,7 +69,7 @@ class ThresholdAlerts:
     async def fire(self, info: ChargeInfo, threshold: float, total: int) -> None:
         rule: BudgetRule = info.rule
         assert info.window is not None
-        marker = f"{self.prefix}al:{rule.id}:{info.subject}:{info.window.bucket}:{threshold:g}"
+        marker = self._marker(info, threshold)
         if marker in self._known:
             return
         try:

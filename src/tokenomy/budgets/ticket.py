@@ -31,3 +31,5 @@ class Ticket:
     estimate: Estimate
     headers: dict[str, str] = field(default_factory=dict)
     settled: bool = False
+    #: each charge's window total at reservation (none for batches): which budgets the settle reports
+    totals: tuple[int, ...] = ()
