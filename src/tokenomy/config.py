@@ -394,8 +394,14 @@ class SemanticCacheSettings(Section):
     guards: bool = True
     #: Verification compares answers by embedding cosine; at or above this they agree.
     answer_agreement: float = Field(0.90, ge=0, le=1)
-    #: Where vectors live: ``memory`` (in-process, exact search) or ``pgvector`` (shared; needs ``pg_url``).
+    #: Where vectors live: ``memory`` (in-process) or ``pgvector`` (shared; needs ``pg_url``).
     index: Literal["memory", "pgvector"] = "memory"
+    #: Memory index: partitions (namespace × context) holding at least this many vectors are searched
+    #: through an approximate index (faiss IVF, built in the background); smaller ones exactly.
+    #: ``null``: exact search at any size.
+    ann_min_entries: int | None = Field(20_000, ge=1)
+    #: Memory index: share of the IVF lists a query scans (higher: better recall, slower).
+    ann_probe_fraction: float = Field(1 / 16, gt=0, le=1)
     pg_url: str | None = None
     #: Vectors kept per namespace in memory (oldest dropped beyond it).
     max_entries: int = Field(200_000, ge=1)
