@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="queries per set (planted, fresh)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the embedding")
     parser.add_argument("--ann-min-entries", type=int, default=ANNSettings().min_entries or 0)
-    parser.add_argument("--probe-fraction", type=float, default=ANNSettings().probe_fraction)
+    parser.add_argument("--probes", type=int, default=None, help="IVF lists a query scans (default: automatic)")
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--vectors-cache", type=Path, default=Path.home() / ".cache" / "tokenomy" / "bench")
     parser.add_argument("--json", dest="json_out")
@@ -156,17 +156,17 @@ def main() -> None:
     print(
         f"{corpus_note}; {n_planted} planted + {len(query_texts) - n_planted} fresh queries; onnxruntime threads "
         f"{args.threads}; approximate search from {args.ann_min_entries or 'never'} entries "
-        f"(probing {args.probe_fraction:.3g} of the lists)",
+        f"(probing {args.probes or 'automatic'} lists)",
         flush=True,
     )
 
     rows = []
     for size in args.sizes:
-        ann = ANNSettings(min_entries=args.ann_min_entries or None, probe_fraction=args.probe_fraction)
+        ann = ANNSettings(min_entries=args.ann_min_entries or None, probes=args.probes)
         load_before = os.getloadavg()[0]
         rss_before = rss_mb()
         t0, cpu0 = time.perf_counter(), time.process_time()
-        index = MemoryVectorIndex(embedder.dim, max_per_namespace=size + 1, ann=ann)
+        index = MemoryVectorIndex(embedder.dim, max_per_namespace=size + 1_000, ann=ann)
         take = pool[:size]
         synthetic = size - len(take)
         for start in range(0, len(take), 100_000):
@@ -198,6 +198,16 @@ def main() -> None:
             t1 = time.perf_counter()
             index.search_exact(NS, CTX, vector, 1)
             exact_ms.append((time.perf_counter() - t1) * 1000)
+        insert_ms, remove_ms = [], []  # what a store and an eviction cost at this size
+        for i, vector in enumerate(queries[:100]):
+            t1 = time.perf_counter()
+            index.add_now(NS, CTX, f"new{i}", vector)
+            t2 = time.perf_counter()
+            insert_ms.append((t2 - t1) * 1000)
+        for i in range(len(insert_ms)):
+            t1 = time.perf_counter()
+            index.remove_now(NS, CTX, f"new{i}")
+            remove_ms.append((time.perf_counter() - t1) * 1000)
         exact_keys, exact_scores = exact_top1(index, queries)
         # a tie (same score, other key) is as good as the exact answer
         right = [k == ek or s >= es - 1e-5 for (k, s), ek, es in zip(found, exact_keys, exact_scores)]
@@ -218,6 +228,8 @@ def main() -> None:
             "servable_queries": len(servable),
             "planted_found": planted_found,
             "planted": n_planted,
+            "insert_p50_ms": round(statistics.median(insert_ms), 3),
+            "remove_p50_ms": round(statistics.median(remove_ms), 3),
             "build_s": round(build_s, 2),
             "build_cpu_s": round(build_cpu, 2),
             "memory_mb": round(memory),
@@ -231,7 +243,8 @@ def main() -> None:
             f"           recall@1 {row['recall_at_1']:.3f} (servable ≥{SERVABLE}: {row['recall_at_1_servable']}"
             f" of {len(servable)}); planted duplicate found {planted_found}/{n_planted}; load+build"
             f" {build_s:.1f} s ({build_cpu:.1f} CPU-s), +{memory:.0f} MB; load avg {load_before:.2f}→"
-            f"{row['load_avg'][1]:.2f}",
+            f"{row['load_avg'][1]:.2f}; insert p50 {row['insert_p50_ms']:.3f} ms, remove p50"
+            f" {row['remove_p50_ms']:.3f} ms",
             flush=True,
         )
         del index

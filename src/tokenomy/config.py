@@ -400,8 +400,8 @@ class SemanticCacheSettings(Section):
     #: through an approximate index (faiss IVF, built in the background); smaller ones exactly.
     #: ``null``: exact search at any size.
     ann_min_entries: int | None = Field(20_000, ge=1)
-    #: Memory index: share of the IVF lists a query scans (higher: better recall, slower).
-    ann_probe_fraction: float = Field(1 / 16, gt=0, le=1)
+    #: Memory index: IVF lists a query scans (higher: better recall, slower); ``null``: √(2 × lists), at least 32.
+    ann_probes: int | None = Field(None, ge=1)
     pg_url: str | None = None
     #: Vectors kept per namespace in memory (oldest dropped beyond it).
     max_entries: int = Field(200_000, ge=1)

@@ -30,8 +30,8 @@ def near(v: np.ndarray, rng: np.random.Generator, noise: float = 0.05) -> np.nda
     return q / np.linalg.norm(q)
 
 
-def ann_index(min_entries: int = 500, probe_fraction: float = 1 / 16, max_per_namespace: int = 100_000) -> MemoryVectorIndex:
-    return MemoryVectorIndex(DIM, max_per_namespace, ANNSettings(min_entries=min_entries, probe_fraction=probe_fraction))
+def ann_index(min_entries: int = 500, probes: int | None = None, max_per_namespace: int = 100_000) -> MemoryVectorIndex:
+    return MemoryVectorIndex(DIM, max_per_namespace, ANNSettings(min_entries=min_entries, probes=probes))
 
 
 async def fill(index: MemoryVectorIndex, vectors: np.ndarray, ns: str = "ns", ctx: str = "c", prefix: str = "k") -> None:
@@ -51,7 +51,7 @@ async def test_small_partitions_stay_exact_large_ones_go_approximate() -> None:
 
 async def test_approximate_results_equal_exact_on_a_small_set() -> None:
     vectors = clustered(2_000)
-    index = ann_index(probe_fraction=1.0)  # every list scanned: only quantisation differs, and re-scoring undoes it
+    index = ann_index(probes=10_000)  # every list scanned: only quantisation differs, and re-scoring undoes it
     await fill(index, vectors)
     assert index.approximate("ns", "c")
     rng = np.random.default_rng(1)
@@ -198,8 +198,10 @@ async def test_a_failed_build_leaves_exact_search_serving(caplog: pytest.LogCapt
 
 
 def test_ivf_shape_grows_with_the_partition() -> None:
-    small, mid, large = (IVFShape.for_size(n, 1 / 16, 16) for n in (20_000, 100_000, 1_000_000))
+    small, mid, large = (IVFShape.for_size(n) for n in (20_000, 100_000, 1_000_000))
     assert small.lists < mid.lists < large.lists <= 4096
-    assert (mid.lists, large.lists) == (512, 2048)
-    assert all(s.probes >= 16 for s in (small, mid, large))
-    assert IVFShape.for_size(100, 1 / 16, 16).lists >= 1
+    assert (mid.lists, mid.probes, large.lists, large.probes) == (512, 32, 2048, 64)
+    assert small.probes == 32
+    tiny = IVFShape.for_size(100)
+    assert 1 <= tiny.probes <= tiny.lists
+    assert IVFShape.for_size(100_000, probes=7).probes == 7

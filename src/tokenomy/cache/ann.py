@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 TRAIN_POINTS_PER_LIST = 64
 #: faiss refuses to train with fewer points than this per list
 MIN_POINTS_PER_LIST = 39
+#: automatic probing never scans fewer lists than this
+MIN_PROBES = 32
 #: candidates re-scored exactly, so quantisation error never reorders the best few
 RERANK = 8
 
@@ -71,13 +73,16 @@ class IVFShape:
     probes: int
 
     @classmethod
-    def for_size(cls, n: int, probe_fraction: float, min_probes: int) -> IVFShape:
-        # ~2·√n lists: a query then scans √n centroids plus n·fraction vectors (100k → 512, 1M → 2048)
+    def for_size(cls, n: int, probes: int | None = None) -> IVFShape:
+        # ~2·√n lists (100k → 512, 1M → 2048): a query then compares with √n-ish centroids
         lists = min(4096, 2 ** round(math.log2(max(2 * math.sqrt(n), 1))))
         while lists > 1 and lists > n / MIN_POINTS_PER_LIST:
             lists //= 2
-        probes = min(lists, max(min_probes, math.ceil(lists * probe_fraction)))
-        return cls(lists, probes)
+        if probes is None:
+            # √(2·lists), at least 32: recall@1 ≈ 0.99 on the bench's questions at 20k, 100k and 1M
+            # (a fixed share would scan 4× more vectors at 1M for the same recall)
+            probes = max(MIN_PROBES, math.ceil(math.sqrt(2 * lists)))
+        return cls(lists, max(1, min(lists, probes)))
 
 
 class IVFIndex:
@@ -139,10 +144,8 @@ class ANNSettings:
 
     #: partitions with at least this many vectors are searched approximately (``None``: never)
     min_entries: int | None = 20_000
-    #: share of the lists a query scans (higher: better recall, slower)
-    probe_fraction: float = 1 / 16
-    #: ... but never fewer lists than this
-    min_probes: int = 16
+    #: lists a query scans (higher: better recall, slower); ``None``: √(2·lists), at least 32
+    probes: int | None = None
 
 
 class PartitionANN:
@@ -213,7 +216,7 @@ class PartitionANN:
 
     def _start(self, size: int, snapshot: Callable[[], tuple[np.ndarray, np.ndarray]]) -> None:
         vectors, labels = snapshot()
-        shape = IVFShape.for_size(size, self.settings.probe_fraction, self.settings.min_probes)
+        shape = IVFShape.for_size(size, self.settings.probes)
         self._journal = set()
         self._build_size = size
         self._building = self.executor().submit(IVFIndex.train, vectors, labels, shape)

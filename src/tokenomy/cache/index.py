@@ -311,6 +311,9 @@ class MemoryVectorIndex(VectorIndex):
         return True
 
     async def remove(self, namespace: str, context: str, key: str) -> None:
+        self.remove_now(namespace, context, key)
+
+    def remove_now(self, namespace: str, context: str, key: str) -> None:
         if self._remove(namespace, context, key):
             self._order.get(namespace, OrderedDict()).pop(key, None)
 

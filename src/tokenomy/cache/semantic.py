@@ -73,7 +73,7 @@ class SemanticCacheStage(Stage):
         elif isinstance(self.embedder, SharedEmbedder):
             await asyncio.to_thread(lambda: self.embedder.loaded)  # load the model now, not on a request
         if self.index is None:
-            ann = ANNSettings(self.semantic.ann_min_entries, self.semantic.ann_probe_fraction)
+            ann = ANNSettings(self.semantic.ann_min_entries, self.semantic.ann_probes)
             self.index = MemoryVectorIndex(self.embedder.dim, self.semantic.max_entries, ann)
         await self.index.start()
 
