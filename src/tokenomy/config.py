@@ -399,7 +399,7 @@ class SemanticCacheSettings(Section):
     #: Memory index: partitions (namespace × context) holding at least this many vectors are searched
     #: through an approximate index (faiss IVF, built in the background); smaller ones exactly.
     #: ``null``: exact search at any size.
-    ann_min_entries: int | None = Field(20_000, ge=1)
+    ann_min_entries: int | None = Field(10_000, ge=1)
     #: Memory index: IVF lists a query scans (higher: better recall, slower); ``null``: 2·√lists, at least 32.
     ann_probes: int | None = Field(None, ge=1)
     pg_url: str | None = None
