@@ -400,7 +400,7 @@ class SemanticCacheSettings(Section):
     #: through an approximate index (faiss IVF, built in the background); smaller ones exactly.
     #: ``null``: exact search at any size.
     ann_min_entries: int | None = Field(10_000, ge=1)
-    #: Memory index: IVF lists a query scans (higher: better recall, slower); ``null``: 2·√lists, at least 32.
+    #: Memory index: IVF lists a query scans (higher: better recall, slower); ``null``: 2·√lists, at least 64.
     ann_probes: int | None = Field(None, ge=1)
     pg_url: str | None = None
     #: Vectors kept per namespace in memory (oldest dropped beyond it).

@@ -200,8 +200,8 @@ async def test_a_failed_build_leaves_exact_search_serving(caplog: pytest.LogCapt
 def test_ivf_shape_grows_with_the_partition() -> None:
     small, mid, large = (IVFShape.for_size(n) for n in (20_000, 100_000, 1_000_000))
     assert small.lists < mid.lists < large.lists <= 4096
-    assert (mid.lists, mid.probes, large.lists, large.probes) == (512, 46, 2048, 91)
-    assert small.probes == 32
+    assert (mid.lists, mid.probes, large.lists, large.probes) == (512, 64, 2048, 91)
+    assert small.probes == 64
     tiny = IVFShape.for_size(100)
     assert 1 <= tiny.probes <= tiny.lists
     assert IVFShape.for_size(100_000, probes=7).probes == 7
