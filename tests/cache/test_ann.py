@@ -205,3 +205,19 @@ def test_ivf_shape_grows_with_the_partition() -> None:
     tiny = IVFShape.for_size(100)
     assert 1 <= tiny.probes <= tiny.lists
     assert IVFShape.for_size(100_000, probes=7).probes == 7
+
+
+async def test_a_build_outgrown_during_a_bulk_load_is_redone_from_the_current_rows() -> None:
+    vectors = clustered(3_000, seed=9)
+    index = ann_index()
+    held = HeldExecutor()
+    index._builder = lambda: held  # type: ignore[method-assign]
+    index.add_many("ns", "c", [f"k{i}" for i in range(600)], vectors[:600])
+    index.add_many("ns", "c", [f"k{i}" for i in range(600, 3_000)], vectors[600:])
+    held.release()
+    await index.search("ns", "c", vectors[0], 1)  # too much changed to replay: a new build from all rows
+    assert not index.approximate("ns", "c") and len(held.held) == 1
+    held.release()
+    assert (await index.search("ns", "c", vectors[2_999], 1))[0][0] == "k2999"
+    part = index._partitions[("ns", "c")]
+    assert part.ann.ivf is not None and len(part.ann.ivf) == 3_000 and part.ann.ivf.trained_size == 3_000

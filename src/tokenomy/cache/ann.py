@@ -235,14 +235,14 @@ class PartitionANN:
             self._failed_at = self._build_size
             return
         self._failed_at = 0
+        if len(journal) > ivf.trained_size:
+            return  # more changed meanwhile than was built (a bulk load): the caller builds again from now
         # replay what changed since the snapshot, from the partition's state now
-        for label in journal:
-            vector = current(label)
-            labels = np.array([label], dtype=np.int64)
-            if vector is None:
-                ivf.remove(labels)
-            else:
-                ivf.add(labels, vector.reshape(1, -1))
+        touched = np.fromiter(journal, dtype=np.int64, count=len(journal))
+        ivf.remove(touched)
+        live = [(label, vector) for label in journal if (vector := current(label)) is not None]
+        if live:
+            ivf.add(np.array([label for label, _ in live], dtype=np.int64), np.stack([v for _, v in live]))
         self.ivf = ivf
 
     def search(self, vector: np.ndarray, k: int) -> np.ndarray | None:
