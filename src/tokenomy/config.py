@@ -396,13 +396,20 @@ class SemanticCacheSettings(Section):
     guards: bool = True
     #: Verification compares answers by embedding cosine; at or above this they agree.
     answer_agreement: float = Field(0.90, ge=0, le=1)
-    #: Where vectors live: ``memory`` (in-process, exact search) or ``pgvector`` (shared; needs ``pg_url``).
+    #: Where vectors live: ``memory`` (in-process) or ``pgvector`` (shared; needs ``pg_url``).
     index: Literal["memory", "pgvector"] = "memory"
+    #: Memory index: partitions (namespace × context) holding at least this many vectors are searched
+    #: through an approximate index (faiss IVF, built in the background); smaller ones exactly.
+    #: ``null``: exact search at any size.
+    ann_min_entries: int | None = Field(10_000, ge=1)
+    #: Memory index: IVF lists a query scans (higher: better recall, slower); ``null``: 2·√lists, at least 64.
+    ann_probes: int | None = Field(None, ge=1)
     pg_url: str | None = None
     #: Vectors kept per namespace in memory (oldest dropped beyond it).
     max_entries: int = Field(200_000, ge=1)
-    #: Threads the embedding model may use.
-    embed_threads: int = Field(1, ge=1)
+    #: onnxruntime threads per embedding. 2 answers one look-up fastest on a 2-core machine;
+    #: 1 spends less CPU per look-up (no second thread waking and spinning) when many run at once.
+    embed_threads: int = Field(2, ge=1)
     #: Cost charged per lookup (USD) — 0 for the local model; set it if you price CPU.
     embedding_cost_usd: float = Field(0.0, ge=0)
     #: Verified mode, before enough labels exist: serve only at or above this similarity.

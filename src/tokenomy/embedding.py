@@ -113,7 +113,9 @@ class MiniLMEmbedder(Embedder):
     def embed(self, texts: Sequence[str], keep_end: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        encodings = self._tokenizers[keep_end].encode_batch(list(texts))
+        tokenizer = self._tokenizers[keep_end]
+        # one text (every look-up): skip the batch path's thread-pool hand-off; same word pieces
+        encodings = [tokenizer.encode(texts[0])] if len(texts) == 1 else tokenizer.encode_batch(list(texts))
         length = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), length), dtype=np.int64)
         mask = np.zeros_like(ids)

@@ -114,3 +114,19 @@ async def test_memory_index_bound_drops_oldest() -> None:
         await index.add("ns", "c", f"k{i}", unit([1, i]))
     assert await index.count() == 2
     assert "k0" not in [k for k, _ in await index.search("ns", "c", unit([1, 0]), 5)]
+
+
+async def test_get_returns_the_stored_vector(index: VectorIndex) -> None:
+    v = unit([0.3, -1.7, 0.01, 2.2, -0.9, 0.123456, 1e-3, 0.7])
+    w = unit([1, 2, 3, 4, 5, 6, 7, 8])
+    await index.add("tenant-a", "ctx1", "a1", v)
+    got = await index.get("tenant-a", "ctx1", "a1")
+    assert got is not None and got.dtype == np.float32
+    assert np.array_equal(got, v)  # bit for bit: verification compares against it
+    assert await index.get("tenant-a", "ctx2", "a1") is None
+    assert await index.get("tenant-b", "ctx1", "a1") is None
+    assert await index.get("tenant-a", "ctx1", "missing") is None
+    await index.add("tenant-a", "ctx1", "a1", w)
+    assert np.array_equal(await index.get("tenant-a", "ctx1", "a1"), w)
+    await index.remove("tenant-a", "ctx1", "a1")
+    assert await index.get("tenant-a", "ctx1", "a1") is None

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import numpy as np
+import orjson
 
 from tokenomy.cache.index import VectorIndex
 
@@ -20,7 +21,13 @@ _TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def _literal(vector: np.ndarray) -> str:
-    return "[" + ",".join(f"{float(v):.7g}" for v in vector) + "]"
+    # 9 significant digits round-trip a float32 exactly: ``get`` returns the vector that was added
+    return "[" + ",".join(f"{float(v):.9g}" for v in np.asarray(vector, dtype=np.float32)) + "]"
+
+
+def _parse(text: str) -> np.ndarray:
+    """pgvector's text form ``[0.1,0.2,…]`` → float32 (stored as float4: the same numbers it was given)."""
+    return np.array(orjson.loads(text), dtype=np.float32)
 
 
 class PgVectorIndex(VectorIndex):
@@ -79,6 +86,15 @@ class PgVectorIndex(VectorIndex):
             k,
         )
         return [(row["key"], float(row["similarity"])) for row in rows]
+
+    async def get(self, namespace: str, context: str, key: str) -> np.ndarray | None:
+        text = await self._pool.fetchval(
+            f"SELECT embedding::text FROM {self.table} WHERE namespace = $1 AND context = $2 AND key = $3",
+            namespace,
+            context,
+            key,
+        )
+        return None if text is None else _parse(text)
 
     async def remove(self, namespace: str, context: str, key: str) -> None:
         await self._pool.execute(

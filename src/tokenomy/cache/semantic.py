@@ -25,6 +25,7 @@ from tokenomy.cache.answers import CachedAnswer, completion_text
 from tokenomy.embedding import CachedEmbedder, Embedder, MiniLMEmbedder, SharedEmbedder, embed_for_call
 from tokenomy.cache.exact import fresh_enough
 from tokenomy.cache.guards import compare
+from tokenomy.cache.ann import ANNSettings
 from tokenomy.cache.index import MemoryVectorIndex, VectorIndex
 from tokenomy.cache.keys import context_key, split_intent
 from tokenomy.cache.plan import CachePlanner
@@ -72,7 +73,8 @@ class SemanticCacheStage(Stage):
         elif isinstance(self.embedder, SharedEmbedder):
             await asyncio.to_thread(lambda: self.embedder.loaded)  # load the model now, not on a request
         if self.index is None:
-            self.index = MemoryVectorIndex(self.embedder.dim, self.semantic.max_entries)
+            ann = ANNSettings(self.semantic.ann_min_entries, self.semantic.ann_probes)
+            self.index = MemoryVectorIndex(self.embedder.dim, self.semantic.max_entries, ann)
         await self.index.start()
 
     async def aclose(self) -> None:
