@@ -260,3 +260,20 @@ def test_eval_cache_cli_on_a_small_qqp_sample(tmp_path: Path) -> None:
     fixed = verified["whole"]["fixed_same_false_hit_rate"]
     assert fixed["false_hit_rate"] <= verified["whole"]["verified"]["false_hit_rate"]
     assert (tmp_path / "v" / "vectors.npy").exists()
+
+
+async def test_only_a_policy_that_learns_from_vectors_reads_the_candidates_vector() -> None:
+    from tokenomy.cache.index import MemoryVectorIndex
+    from tokenomy.cache.semantic import SemanticCacheStage
+    from tokenomy.config import CacheSettings
+
+    index = MemoryVectorIndex(4)
+    await index.start()
+    stored = np.array([0.5, 0.5, 0.5, 0.5], dtype=np.float32)
+    await index.add("team-a", "ctx", "k1", stored)
+    verified = SemanticCacheStage(CacheSettings(), None, None, None, index, VerifiedPolicy())  # type: ignore[arg-type]
+    assert np.allclose(await verified._vector("team-a", "ctx", "k1"), stored)
+    assert await verified._vector("team-b", "ctx", "k1") is None  # another tenant's entry is not readable
+    fixed = SemanticCacheStage(CacheSettings(), None, None, None, index, Policy(0.9, 0.8))  # type: ignore[arg-type]
+    assert await fixed._vector("team-a", "ctx", "k1") is None  # a fixed threshold needs no extra read
+    await index.aclose()
