@@ -43,6 +43,7 @@ class MemoryCounterStore(CounterStore):
         self._markers_dirty = False
         self._task: asyncio.Task[None] | None = None
         self._next_sweep = 0.0
+        self._queued: list[tuple[str, Sequence[Charge], Sequence[int], asyncio.Future[tuple[int, ...]]]] = []
 
     # life cycle -----------------------------------------------------------
 
@@ -52,6 +53,7 @@ class MemoryCounterStore(CounterStore):
             self._task = asyncio.create_task(self._persist_loop(), name="counter-persist")
 
     async def aclose(self) -> None:
+        self._settle_queued()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -179,10 +181,20 @@ class MemoryCounterStore(CounterStore):
     def settle_soon(
         self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]
     ) -> asyncio.Future[tuple[int, ...]]:
-        """Settled at once (a few dictionary updates cost less than scheduling them)."""
-        future: asyncio.Future[tuple[int, ...]] = asyncio.get_running_loop().create_future()
-        future.set_result(self._settle(reservation_id, charges, actual))
+        """Applied when the event loop next runs (after the answer has gone), with the others queued."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, ...]] = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._settle_queued)
+        self._queued.append((reservation_id, charges, actual, future))
         return future
+
+    def _settle_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        for reservation_id, charges, actual, future in queued:
+            totals = self._settle(reservation_id, charges, actual)
+            if not future.done():
+                future.set_result(totals)
 
     def _settle(self, reservation_id: str, charges: Sequence[Charge], actual: Sequence[int]) -> tuple[int, ...]:
         now = self.clock()

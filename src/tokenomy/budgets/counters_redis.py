@@ -207,17 +207,21 @@ def _int(value: int) -> bytes:
 
 
 class _Settle:
-    """One queued settle: its encoded arguments and who waits for its totals."""
+    """One queued settle: what to send (encoded when it is sent) and who waits for its totals."""
 
-    __slots__ = ("parts", "argc", "positions", "size", "future")
+    __slots__ = ("reservation_id", "charges", "actual", "positions", "future")
 
     def __init__(
-        self, parts: bytes, argc: int, positions: list[int], size: int, future: asyncio.Future[tuple[int, ...]]
+        self,
+        reservation_id: str,
+        charges: Sequence[Charge],
+        actual: Sequence[int],
+        future: asyncio.Future[tuple[int, ...]],
     ) -> None:
-        self.parts = parts
-        self.argc = argc
-        self.positions = positions  # which charges report a total (the others get 0)
-        self.size = size
+        self.reservation_id = reservation_id
+        self.charges = charges
+        self.actual = actual
+        self.positions: list[int] = []  # which charges report a total (the others get 0)
         self.future = future
 
 
@@ -369,23 +373,9 @@ class RedisCounterStore(CounterStore):
         side; in exchange Redis runs one script for many settles instead of one
         each, and the reservations of the calls in between are not queued behind them.
         """
-        parts: list[bytes] = []
-        argc = 0
-        positions: list[int] = []
-        for index, (charge, amount) in enumerate(zip(charges, actual)):
-            if amount == charge.amount and not charge.report:
-                continue  # nothing changes and nothing to report: a request count, a block check
-            part, count = self._settle_part(charge)
-            parts.append(_int(amount - charge.amount))
-            parts.append(_int(amount))
-            parts.append(part)
-            argc += 2 + count
-            if charge.report:
-                positions.append(index)
-        group = bulk(self._member(reservation_id, charges)) + _int(argc) + b"".join(parts)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, ...]] = loop.create_future()
-        self._queued.append(_Settle(group, argc + 2, positions, len(charges), future))
+        self._queued.append(_Settle(reservation_id, charges, actual, future))
         if len(self._queued) >= SETTLE_BATCH:
             self._flush()
         elif not self._flush_scheduled:
@@ -396,8 +386,31 @@ class RedisCounterStore(CounterStore):
                 loop.call_soon(self._flush)
         return future
 
+    def _encode(self, settle: _Settle, parts: list[bytes]) -> int:
+        """Append a settle's group (member, argument count, charges) to ``parts``; return its argument count."""
+        group: list[bytes] = []
+        argc = 0
+        for index, (charge, amount) in enumerate(zip(settle.charges, settle.actual)):
+            if amount == charge.amount and not charge.report:
+                continue  # nothing changes and nothing to report: a request count, a block check
+            part, count = self._settle_part(charge)
+            group.append(_int(amount - charge.amount))
+            group.append(_int(amount))
+            group.append(part)
+            argc += 2 + count
+            if charge.report:
+                settle.positions.append(index)
+        parts.append(bulk(self._member(settle.reservation_id, settle.charges)))
+        parts.append(_int(argc))
+        parts.extend(group)
+        return argc + 2
+
     def _flush(self) -> None:
-        """Send every queued settle as one script call (no task: the reply resolves them)."""
+        """Send every queued settle as one script call (no task: the reply resolves them).
+
+        The settles are encoded here, not when queued: this runs after the
+        answers have gone, and once for the whole batch.
+        """
         self._flush_scheduled = False
         if self._timer is not None:
             self._timer.cancel()
@@ -408,8 +421,7 @@ class RedisCounterStore(CounterStore):
         parts = [_SETTLE.head, self._zset]
         argc = 4
         for settle in queued:
-            parts.append(settle.parts)
-            argc += settle.argc
+            argc += self._encode(settle, parts)
         command = packed(argc, parts)
         sent = self.connection.send_packed(command)
         if sent is None:  # not connected: the slow path connects first
@@ -476,7 +488,7 @@ def _resolve(queued: list[_Settle], totals: list[Any]) -> None:
     for settle in queued:
         count = len(settle.positions)
         if not settle.future.done():
-            out = [0] * settle.size
+            out = [0] * len(settle.charges)
             for index, value in zip(settle.positions, totals[at : at + count]):
                 out[index] = value
             settle.future.set_result(tuple(out))

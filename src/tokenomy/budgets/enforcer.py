@@ -80,7 +80,6 @@ class BudgetEnforcer:
         self._id_base = uuid.uuid4().hex[:16]
         self._ids = itertools.count()
         self._pending: set[asyncio.Future[Any]] = set()  # background settles, alerts and checks
-        self._deferred: list[tuple[Ticket, Call, BaseException | None]] = []  # noted by settle_later
         self.thresholds = ThresholdAlerts(store, alerts, prefix=self.prefix, clock=clock) if alerts is not None else None
 
     # admission --------------------------------------------------------------
@@ -285,34 +284,22 @@ class BudgetEnforcer:
     # settlement ---------------------------------------------------------------
 
     def settle_later(self, ticket: Ticket | None, call: Call, exc: BaseException | None = None) -> None:
-        """Settle off the request's path: neither the answer nor the work of settling waits.
+        """Settle off the request's path: the answer does not wait for the store.
 
-        The settle is only noted here; it is worked out when the event loop
-        next runs (after the answer has been written) and the store sends it
-        with the others of that turn. Alert and runaway checks follow only when
-        a total calls for them, so a plain call schedules no task at all.
-        ``drain`` settles whatever is still noted.
+        The store queues the settle and does its work after the answer has gone
+        (the Redis store sends the settles of a few milliseconds together).
+        Alert and runaway checks follow only when a total calls for them, so a
+        plain call schedules no task at all.
         """
         if ticket is None or ticket.settled:
             return
         ticket.settled = True
-        if not self._deferred:
-            asyncio.get_running_loop().call_soon(self._settle_deferred)
-        self._deferred.append((ticket, call, exc))
-
-    def _settle_deferred(self) -> None:
-        deferred, self._deferred = self._deferred, []
-        for ticket, call, exc in deferred:
-            try:
-                usd, tokens = self._spent(ticket, call, exc)
-                future = self.store.settle_soon(
-                    ticket.reservation_id, self._settled_charges(ticket), self._actual(ticket, usd, tokens)
-                )
-            except Exception:  # one bad settle must not lose the others; it is logged with its trace
-                log.exception("settling %s failed; its reservation will expire", call.request_id or ticket.reservation_id)
-                continue
-            self._pending.add(future)
-            future.add_done_callback(functools.partial(self._settled, ticket, call.request_id))
+        usd, tokens = self._spent(ticket, call, exc)
+        future = self.store.settle_soon(
+            ticket.reservation_id, self._settled_charges(ticket), self._actual(ticket, usd, tokens)
+        )
+        self._pending.add(future)
+        future.add_done_callback(functools.partial(self._settled, ticket, call.request_id))
 
     def _settled(self, ticket: Ticket, request_id: str, done: asyncio.Future[tuple[int, ...]]) -> None:
         self._pending.discard(done)
@@ -401,11 +388,9 @@ class BudgetEnforcer:
                 await self.runaway.observe(info.scope, info.subject)
 
     async def drain(self) -> None:
-        """Send the settles still noted and wait for them and for alerts (tests, shutdown)."""
-        self._settle_deferred()
+        """Wait for background settles and alerts (tests, shutdown)."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
-            self._settle_deferred()
 
 
 def check_model_allowed(call: Call) -> None:
