@@ -153,6 +153,23 @@ def main() -> None:
     n_planted = len(planted)
     for text in query_texts[:10]:
         embedder.embed_one(text)  # warm up
+    if args.threads != 1:  # the embedding's thread count, compared in this run (interleaved)
+        single = MiniLMEmbedder(threads=1)
+        for text in query_texts[:10]:
+            single.embed_one(text)
+        timings: dict[int, list[float]] = {1: [], args.threads: []}
+        for text in query_texts[:200]:
+            for threads, model in ((1, single), (args.threads, embedder)):
+                t1 = time.perf_counter()
+                model.embed_one(text)
+                timings[threads].append((time.perf_counter() - t1) * 1000)
+        del single
+        print(
+            "embedding p50: "
+            + ", ".join(f"{t} thread{'s' if t > 1 else ''} {statistics.median(v):.2f} ms" for t, v in timings.items())
+            + f" (load avg {os.getloadavg()[0]:.2f})",
+            flush=True,
+        )
     print(
         f"{corpus_note}; {n_planted} planted + {len(query_texts) - n_planted} fresh queries; onnxruntime threads "
         f"{args.threads}; approximate search from {args.ann_min_entries or 'never'} entries "

