@@ -19,6 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import operator
+import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -217,10 +219,28 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA busy_timeout = 5000")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _set_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
+
+
+def _set_wal(cursor: Any, tries: int = 100) -> None:
+    """Switch to WAL, retrying while another process holds the lock.
+
+    Changing the journal mode does not wait on ``busy_timeout`` the way writes
+    do: replicas opening a new database together can get "database is locked"
+    here. This runs on the driver's thread, so the short sleeps never block the
+    event loop; WAL is persistent, so once one connection has set it, it holds.
+    """
+    for attempt in range(tries):
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == tries - 1:
+                raise
+            time.sleep(0.02)
 
 
 class SQLLedger(Ledger):
